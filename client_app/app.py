@@ -1,0 +1,54 @@
+"""The ClientApp: answers the server's describe query, trains, and evaluates."""
+
+from __future__ import annotations
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client_app.job import ClientJob
+from pollen.adapters import travelling_state
+from pollen.records import to_array_record
+from pollen.seeding import derive_seed
+from pollen.training import evaluate as evaluate_model
+from pollen.training import make_loader, train as train_model
+
+app = ClientApp()
+
+
+@app.query()
+def describe(msg: Message, context: Context) -> Message:
+    """Identity and data sizes; loading the data here surfaces bad input before round 1."""
+    job = ClientJob.from_message(msg, context)
+    data = job.data
+    about = ConfigRecord({"client-id": job.client_id, "num-train": len(data.train),
+                          "num-test": len(data.test), "num-partitions": job.num_partitions})
+    return Message(content=RecordDict({"client": about}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    job = ClientJob.from_message(msg, context)
+    config, server_round = job.config, int(msg.content["config"]["server-round"])
+    model = job.model_from(msg)
+    seed = derive_seed(config.seed, "train", server_round, job.client_id)
+    loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
+    # Only Flower's FedProx puts proximal-mu into the train config.
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    result = train_model(model, loader, epochs=config.local_epochs, lr=config.lr,
+                         device=job.device, proximal_mu=mu, seed=seed)
+    metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
+                            "train_seconds": result.seconds})
+    return Message(content=RecordDict({"arrays": to_array_record(travelling_state(model)),
+                                       "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Accuracy of the model it was sent on the client's own local test split."""
+    job = ClientJob.from_message(msg, context)
+    model = job.model_from(msg)
+    loader = make_loader(job.data.test, job.config.batch_size, shuffle=False, seed=0)
+    result = evaluate_model(model, loader, job.device)
+    metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss,
+                            "eval_accuracy": result.accuracy})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

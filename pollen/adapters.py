@@ -1,0 +1,101 @@
+"""What travels: LoRA adapters plus the classifier head for transformers, all weights for
+small vision nets. Strategies see only named float32 numpy arrays.
+
+peft's ``get_peft_model_state_dict`` / ``set_peft_model_state_dict`` define the adapter
+tensors and their names; for plain modules the whole ``state_dict`` travels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pollen.config import ConfigError, RunConfig
+
+
+class LayoutError(ValueError):
+    """Received tensors do not match the model's travelling tensors."""
+
+
+def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
+    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=config.target_modules)
+    try:
+        return get_peft_model(backbone, lora)
+    except ValueError as error:
+        raise ConfigError(f"lora-target-modules '{config.lora_target_modules}' do not fit "
+                          f"model '{config.model}': {error}") from error
+
+
+def is_adapter_model(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def travelling_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """Copies (float32, on the CPU) of the tensors that leave this process."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model) if is_adapter_model(model) else model.state_dict()
+    return {name: tensor.detach().to("cpu", torch.float32).numpy().copy()
+            for name, tensor in state.items()}
+
+
+def layout(state: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(array.shape) for name, array in state.items()}
+
+
+def check_layout(expected: Mapping[str, tuple[int, ...]], received: Mapping[str, np.ndarray],
+                 what: str) -> None:
+    """Raise LayoutError naming every missing, unexpected or misshapen tensor."""
+    problems = []
+    missing = sorted(set(expected) - set(received))
+    unexpected = sorted(set(received) - set(expected))
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[:3]}")
+    for name in sorted(set(expected) & set(received)):
+        shape = tuple(np.shape(received[name]))
+        if shape != tuple(expected[name]):
+            problems.append(f"'{name}' has shape {shape}, expected {tuple(expected[name])}")
+    if problems:
+        raise LayoutError(f"{what} does not match the model: " + "; ".join(problems))
+
+
+def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
+                          what: str = "received tensors") -> None:
+    """Overwrite the model's travelling tensors after checking names and shapes."""
+    from peft import set_peft_model_state_dict
+
+    check_layout(layout(travelling_state(model)), state, what)
+    device = next(model.parameters()).device
+    tensors = {name: torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+               for name, array in state.items()}
+    if is_adapter_model(model):
+        set_peft_model_state_dict(model, tensors)
+    else:
+        model.load_state_dict(tensors, strict=True)
+
+
+def save_final_model(model: nn.Module, out_dir: Path) -> Path:
+    """peft's own format for adapters (adapter_config.json + adapter_model.safetensors,
+    loadable with ``PeftModel.from_pretrained``); model.safetensors for plain modules."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_adapter_model(model):
+        model.save_pretrained(out_dir)
+        return out_dir / "adapter_model.safetensors"
+    path = out_dir / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+    return path

@@ -1,0 +1,189 @@
+"""The run configuration: one typed, validated record shared by server and clients.
+
+Flower hands an app its run config as a flat mapping of TOML values
+(``[tool.flwr.app.config]`` merged with ``--run-config``). ``run_simulation`` hands it
+nothing, so the defaults live here too; ``tests/test_config.py`` keeps them equal to
+pyproject.toml's. The server sends the resolved record to every client inside each
+message, so a client never depends on what its own process was started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PARTITIONER_NAMES = ("iid", "dirichlet", "pathological")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every key of ``[tool.flwr.app.config]``; attribute ``a_b`` is key ``a-b``."""
+
+    strategy: str = "fedavg"
+    num_server_rounds: int = 10
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    local_epochs: int = 2
+    lr: float = 0.01
+    batch_size: int = 32
+    seed: int = 42
+    output_dir: str = "pollen-runs"
+    run_name: str = ""
+    dataset: str = "digits"
+    text_column: str = ""
+    label_column: str = "label"
+    model: str = "cnn"
+    max_seq_len: int = 64
+    partitioner: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+    pathological_classes: int = 2
+    server_test_fraction: float = 0.2
+    local_test_fraction: float = 0.2
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: str = "query,value"
+    fedprox_mu: float = 0.01
+    device: str = "auto"
+    round_timeout: float = 3600.0
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name.replace("_", "-") for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from hyphenated keys; unknown keys and wrong types raise ConfigError.
+
+        ``server-round``, which Flower strategies add to every message config, is ignored.
+        """
+        types = {f.name: f.type for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in types:
+                if key in _MESSAGE_ONLY_KEYS:
+                    continue
+                raise ConfigError(
+                    f"unknown run-config key '{key}'; known keys: {', '.join(cls.keys())}"
+                )
+            kwargs[name] = _coerce(key, value, types[name])
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        config = dataclasses.replace(self, **changes)
+        config.validate()
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_mapping(), indent=2, sort_keys=True)
+
+    @property
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        """Range and choice checks that need no data and no model.
+
+        The strategy name is checked by ``strategies.build_strategy``, which owns the list.
+        """
+        _choice("partitioner", self.partitioner, PARTITIONER_NAMES)
+        _choice("device", self.device, DEVICE_NAMES)
+        _at_least("num-server-rounds", self.num_server_rounds, 1)
+        _at_least("local-epochs", self.local_epochs, 1)
+        _at_least("batch-size", self.batch_size, 1)
+        _at_least("max-seq-len", self.max_seq_len, 8)
+        _at_least("pathological-classes", self.pathological_classes, 1)
+        _at_least("lora-r", self.lora_r, 1)
+        _at_least("lora-alpha", self.lora_alpha, 1)
+        for key, value in (("fraction-train", self.fraction_train),
+                           ("fraction-evaluate", self.fraction_evaluate)):
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{key} must be in (0, 1], got {value}")
+        for key, value in (("server-test-fraction", self.server_test_fraction),
+                           ("local-test-fraction", self.local_test_fraction)):
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"{key} must be in (0, 1), got {value}")
+        for key, value in (("lr", self.lr), ("dirichlet-alpha", self.dirichlet_alpha),
+                           ("round-timeout", self.round_timeout)):
+            if not value > 0.0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.fedprox_mu < 0.0:
+            raise ConfigError(f"fedprox-mu must be >= 0, got {self.fedprox_mu}")
+        if not self.target_modules:
+            raise ConfigError("lora-target-modules names no module")
+        if not self.output_dir:
+            raise ConfigError("output-dir is empty")
+        if "/" in self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"run-name must be a plain folder name, got '{self.run_name}'")
+        self._validate_dataset()
+        self._validate_model()
+
+    def _validate_dataset(self) -> None:
+        if self.dataset == "digits" or self.dataset.startswith("hf:"):
+            if self.dataset == "hf:":
+                raise ConfigError("dataset 'hf:' needs a dataset id, e.g. hf:ag_news")
+            return
+        path = Path(self.dataset).expanduser()
+        if path.suffix.lower() not in TABLE_SUFFIXES:
+            raise ConfigError(
+                f"unknown dataset '{self.dataset}': use 'digits', 'hf:<id>' or a path to a "
+                f"{'/'.join(TABLE_SUFFIXES)} file"
+            )
+        if not path.is_file():
+            raise ConfigError(f"dataset file not found: {path}")
+
+    def _validate_model(self) -> None:
+        from pollen.models import MODEL_NAMES  # models imports config: import here
+
+        if self.model.startswith("hf:"):
+            if self.model == "hf:":
+                raise ConfigError("model 'hf:' needs a model id, e.g. hf:bert-base-uncased")
+            return
+        _choice("model", self.model, MODEL_NAMES)
+
+
+_MESSAGE_ONLY_KEYS = {"server-round"}
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Check one value against the field's type; ints are accepted where floats are."""
+    if annotation == "bool":
+        ok = isinstance(value, bool)
+    elif annotation == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"run-config key '{key}' must be of type {annotation}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {value}")

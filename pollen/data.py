@@ -1,0 +1,223 @@
+"""Datasets, the server's held-out test split, and each client's partition.
+
+Every source becomes a ``datasets.Dataset`` with an integer ``label`` (a ClassLabel) and
+either ``pixels`` (digits: 64 floats in [0, 1]) or ``text``. The split is a pure function
+of the config: the server and every client compute the same one independently.
+
+1. ``server_test_fraction`` of the examples (stratified by label) is the server's test
+   split; no client ever trains on it.
+2. The rest, the pool, is partitioned with a flwr-datasets partitioner.
+3. Each partition is split into the client's local train and test splits.
+
+Columns of table files (.csv, .tsv, .jsonl, .parquet):
+- label: the ``label-column`` key (default ``label``).
+- text: the ``text-column`` key, several names joined by commas; when empty, a ``text``
+  column if there is one, else every other column, joined with ". " in file order.
+- A .csv/.tsv file has a header row when its first row contains the label column's name.
+  Otherwise, if ``label-column`` is left at its default, it is read without a header: the
+  first column is the label and the others are text (the layout of the AG News files).
+  A non-default ``label-column`` that the first row does not name is an error.
+Labels may be any values; they are mapped to 0..C-1 in sorted order (numerically when
+all are numbers), so AG News's 1-4 become 0-3.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    PathologicalPartitioner,
+)
+from flwr_datasets.partitioner.partitioner import Partitioner
+
+from pollen.config import ConfigError, RunConfig
+
+datasets.disable_progress_bars()
+
+DEFAULT_LABEL_COLUMN = RunConfig.label_column
+MIN_CLIENT_EXAMPLES = 2  # one for the local train split, one for the local test split
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What the config's dataset resolves to, before partitioning."""
+
+    pool: datasets.Dataset
+    server_test: datasets.Dataset
+    label_names: tuple[str, ...]
+    modality: str  # "image" (column pixels) or "text" (column text)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def load_task(config: RunConfig) -> TaskData:
+    return _load_task(config.dataset, config.text_column, config.label_column,
+                      config.server_test_fraction, config.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_task(dataset: str, text_column: str, label_column: str,
+               server_test_fraction: float, seed: int) -> TaskData:
+    if dataset == "digits":
+        table, modality = _digits(), "image"
+    elif dataset.startswith("hf:"):
+        table, modality = _normalise(_from_hub(dataset[3:]), text_column, label_column,
+                                     dataset), "text"
+    else:
+        table, modality = _normalise(_read_table(Path(dataset).expanduser(), label_column),
+                                     text_column, label_column, dataset), "text"
+    label_names = tuple(table.features["label"].names)
+    if len(table) < 2 * len(label_names):
+        raise ConfigError(f"dataset '{dataset}' has {len(table)} examples: too few to hold "
+                          f"out a server test split for {len(label_names)} classes")
+    split = table.train_test_split(test_size=server_test_fraction, seed=seed,
+                                   stratify_by_column="label")
+    return TaskData(split["train"], split["test"], label_names, modality)
+
+
+def client_split(task: TaskData, config: RunConfig, partition_id: int,
+                 num_partitions: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The local (train, test) splits of one client."""
+    check_enough_examples(task, num_partitions)
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    partitioner = build_partitioner(config, num_partitions, task.num_classes)
+    partitioner.dataset = task.pool
+    partition = partitioner.load_partition(partition_id)
+    if len(partition) < MIN_CLIENT_EXAMPLES:
+        raise ConfigError(
+            f"client partition {partition_id} holds {len(partition)} example(s); each "
+            f"client needs at least {MIN_CLIENT_EXAMPLES} (a local train and test example)"
+        )
+    split = partition.train_test_split(test_size=config.local_test_fraction,
+                                       seed=config.seed + partition_id)
+    return split["train"], split["test"]
+
+
+def check_enough_examples(task: TaskData, num_clients: int) -> None:
+    if len(task.pool) < MIN_CLIENT_EXAMPLES * num_clients:
+        raise ConfigError(
+            f"the training pool has {len(task.pool)} examples for {num_clients} clients; "
+            f"each client needs at least {MIN_CLIENT_EXAMPLES}"
+        )
+
+
+def build_partitioner(config: RunConfig, num_partitions: int, num_classes: int) -> Partitioner:
+    if config.partitioner == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if config.partitioner == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label",
+            alpha=config.dirichlet_alpha, min_partition_size=MIN_CLIENT_EXAMPLES,
+            self_balancing=False, seed=config.seed,
+        )
+    if config.pathological_classes > num_classes:
+        raise ConfigError(f"pathological-classes={config.pathological_classes} exceeds the "
+                          f"dataset's {num_classes} classes")
+    return PathologicalPartitioner(
+        num_partitions=num_partitions, partition_by="label",
+        num_classes_per_partition=config.pathological_classes,
+        class_assignment_mode="first-deterministic", seed=config.seed,
+    )
+
+
+def _digits() -> datasets.Dataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features = datasets.Features({
+        "pixels": datasets.Sequence(datasets.Value("float32"), length=64),
+        "label": datasets.ClassLabel(names=[str(d) for d in range(10)]),
+    })
+    pixels = (digits.data / 16.0).astype(np.float32)
+    return datasets.Dataset.from_dict(
+        {"pixels": pixels.tolist(), "label": digits.target.tolist()}, features=features)
+
+
+def _from_hub(dataset_id: str) -> pd.DataFrame:
+    """The train split of a hub dataset, fetched through flwr-datasets."""
+    from flwr_datasets import FederatedDataset
+
+    federated = FederatedDataset(dataset=dataset_id,
+                                 partitioners={"train": IidPartitioner(num_partitions=1)})
+    return federated.load_split("train").to_pandas()
+
+
+def _read_table(path: Path, label_column: str) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with path.open(newline="", encoding="utf-8") as handle:
+            first_row = next(csv.reader(handle, delimiter=delimiter), None)
+        if first_row is None:
+            raise ConfigError(f"dataset file is empty: {path}")
+        if label_column in first_row:
+            return pd.read_csv(path, sep=delimiter, keep_default_na=False)
+        if label_column != DEFAULT_LABEL_COLUMN:
+            raise ConfigError(f"label column '{label_column}' not found in {path}; its first "
+                              f"row is: {', '.join(first_row)}")
+        frame = pd.read_csv(path, sep=delimiter, header=None, keep_default_na=False)
+        if frame.shape[1] < 2:
+            raise ConfigError(f"{path} has no header row naming '{label_column}' and only "
+                              "one column, so it holds no text besides a label")
+        names = [label_column] + [f"column{i}" for i in range(1, frame.shape[1])]
+        frame.columns = names
+        return frame
+    if suffix == ".jsonl":
+        return pd.read_json(path, lines=True)
+    return pd.read_parquet(path)
+
+
+def _normalise(frame: pd.DataFrame, text_column: str, label_column: str,
+               source: str) -> datasets.Dataset:
+    """Reduce a table to (text, label) with labels mapped to 0..C-1."""
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if label_column not in columns:
+        raise ConfigError(f"label column '{label_column}' not found in {source}; "
+                          f"its columns are: {', '.join(columns)}")
+    if text_column:
+        text_columns = [c.strip() for c in text_column.split(",")]
+        missing = [c for c in text_columns if c not in columns]
+        if missing:
+            raise ConfigError(f"text column(s) {', '.join(missing)} not found in {source}; "
+                              f"its columns are: {', '.join(columns)}")
+    elif "text" in columns and label_column != "text":
+        text_columns = ["text"]
+    else:
+        text_columns = [c for c in columns if c != label_column]
+    if not text_columns:
+        raise ConfigError(f"{source} has no text column besides label '{label_column}'")
+    if len(frame) == 0:
+        raise ConfigError(f"{source} holds no rows")
+    text = frame[text_columns].astype(str).agg(". ".join, axis=1)
+    raw_labels = frame[label_column]
+    values = sorted(set(raw_labels.tolist()), key=_label_sort_key)
+    if len(values) < 2:
+        raise ConfigError(f"label column '{label_column}' of {source} has {len(values)} "
+                          "distinct value(s); classification needs at least 2")
+    index = {value: i for i, value in enumerate(values)}
+    features = datasets.Features({
+        "text": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=[str(v) for v in values]),
+    })
+    return datasets.Dataset.from_dict(
+        {"text": text.tolist(), "label": [index[v] for v in raw_labels.tolist()]},
+        features=features)
+
+
+def _label_sort_key(value: object) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))

@@ -1,0 +1,27 @@
+"""The one place where Pollen picks a device and its numeric precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from pollen.config import ConfigError
+
+
+def resolve_device(requested: str) -> torch.device:
+    """'auto' takes CUDA when present, else CPU; 'cuda' without CUDA is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was requested but torch sees no CUDA device")
+    if requested not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{requested}'; choose auto, cpu or cuda")
+    return torch.device(requested)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

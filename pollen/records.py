@@ -1,0 +1,23 @@
+"""Named numpy arrays <-> Flower records, and the bytes they occupy on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+
+def to_array_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value))
+                                   for name, value in state.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def array_bytes(content: RecordDict) -> int:
+    """Serialized size of every tensor in a message (what Flower puts on the wire)."""
+    return sum(len(array.data) for record in content.array_records.values()
+               for array in record.values())

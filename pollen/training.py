@@ -1,0 +1,115 @@
+"""Local training and evaluation loops, shared by clients and the server."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import datasets
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pollen.device import autocast
+
+TEXT_FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean cross-entropy over all local steps (proximal term excluded)
+    num_examples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_examples: int
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model_name: str):
+    from pollen.models import build_tokenizer
+
+    return build_tokenizer(model_name)
+
+
+def torch_dataset(split: datasets.Dataset, modality: str, model_name: str,
+                  max_seq_len: int) -> datasets.Dataset:
+    """The split in torch format: pixels or tokenised text, plus label."""
+    if modality == "image":
+        return split.with_format("torch", columns=["pixels", "label"])
+    tokenizer = _tokenizer(model_name)
+    tokenised = split.map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_seq_len,
+                                padding="max_length"),
+        batched=True, remove_columns=["text"])
+    columns = [c for c in TEXT_FEATURES if c in tokenised.column_names] + ["label"]
+    return tokenised.with_format("torch", columns=columns)
+
+
+def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
+                seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor],
+            device: torch.device) -> torch.Tensor:
+    features = {k: v.to(device) for k, v in batch.items() if k != "label"}
+    output = model(**features)
+    return output.logits if hasattr(output, "logits") else output
+
+
+def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
+          device: torch.device, proximal_mu: float = 0.0, seed: int = 0) -> TrainResult:
+    """AdamW on the trainable parameters for ``epochs`` passes.
+
+    With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - w0||^2 over the trainable
+    parameters, w0 being their values on entry (FedProx's proximal term).
+    """
+    torch.manual_seed(seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    criterion = nn.CrossEntropyLoss()
+    total_loss, steps, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            labels = batch["label"].to(device)
+            with autocast(device):
+                loss = criterion(_logits(model, batch, device).float(), labels)
+            objective = loss
+            if anchor:
+                objective = loss + proximal_mu / 2 * sum(
+                    (p - a).pow(2).sum() for p, a in zip(params, anchor))
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            steps += 1
+            seen += len(labels)
+    return TrainResult(total_loss / max(steps, 1), seen // epochs,
+                       time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
+    model.to(device).eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, count = 0.0, 0, 0
+    for batch in loader:
+        labels = batch["label"].to(device)
+        with autocast(device):
+            logits = _logits(model, batch, device).float()
+        total_loss += criterion(logits, labels).item()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        count += len(labels)
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return EvalResult(total_loss / count, correct / count, count)

@@ -1,0 +1,1 @@
+"""Pollen's server app: validates the run, drives the rounds, writes the outputs."""

@@ -1,0 +1,106 @@
+"""The ServerApp: check everything, describe the clients, run the rounds, save.
+
+Everything that can be wrong with the input (config, dataset, model, client data) is
+checked before round 1: the server loads the data and builds the model itself, and the
+clients' describe replies surface their own problems.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from logging import INFO
+from typing import Any
+
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from pollen.adapters import load_travelling_state, save_final_model, travelling_state
+from pollen.config import RunConfig
+from pollen.data import check_enough_examples, load_task
+from pollen.device import resolve_device
+from pollen.models import build_model, check_compatible
+from pollen.records import from_array_record, to_array_record
+from pollen.seeding import seed_everything
+from pollen.training import evaluate, make_loader, torch_dataset
+from server_app.outputs import RunOutputs
+from server_app.rounds import run_round
+from strategies import build_strategy, check_strategy_name
+from strategies.directory import ClientDirectory
+
+
+class ServerEvaluator:
+    """The global model on the server's held-out test split."""
+
+    def __init__(self, config: RunConfig) -> None:
+        task = load_task(config)
+        check_compatible(config.model, task.modality)
+        self.device = resolve_device(config.device)
+        self.model = build_model(config, task.num_classes).to(self.device)
+        test = torch_dataset(task.server_test, task.modality, config.model, config.max_seq_len)
+        self.loader = make_loader(test, config.batch_size, shuffle=False, seed=0)
+
+    def __call__(self, arrays) -> Any:
+        load_travelling_state(self.model, from_array_record(arrays), what="global model")
+        return evaluate(self.model, self.loader, self.device)
+
+
+def run(grid: Grid, config: RunConfig) -> RunOutputs:
+    check_strategy_name(config.strategy)
+    seed_everything(config.seed)
+    evaluator = ServerEvaluator(config)
+    directory = ClientDirectory(config.to_mapping(), timeout=config.round_timeout)
+    directory.refresh(grid, min_nodes=1, strict=True)
+    clients = directory.clients()
+    check_enough_examples(load_task(config), max(c.num_partitions for c in clients))
+    log(INFO, "%d clients: %s", len(clients),
+        ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
+
+    initial = to_array_record(travelling_state(evaluator.model))
+    strategy = build_strategy(config, directory, initial)
+    strategy.summary()
+    outputs = RunOutputs.create(config)
+    log(INFO, "writing outputs to %s", outputs.run_dir)
+
+    started = time.perf_counter()
+    for server_round in range(1, config.num_server_rounds + 1):
+        row = run_round(grid, strategy, config, server_round,
+                        lambda: evaluator(strategy.global_arrays))
+        outputs.append_metrics(row)
+
+    evaluator(strategy.global_arrays)
+    model_path = save_final_model(evaluator.model, outputs.model_dir)
+    rows = outputs.read_metrics()
+    outputs.write_summary({
+        "rounds": len(rows),
+        "final_eval_accuracy": rows[-1]["eval_accuracy"],
+        "best_eval_accuracy": max(r["eval_accuracy"] for r in rows),
+        "final_client_accuracy": rows[-1]["client_accuracy"],
+        "total_seconds": time.perf_counter() - started,
+        "total_bytes_up": sum(r["bytes_up"] for r in rows),
+        "total_bytes_down": sum(r["bytes_down"] for r in rows),
+        "travelling_parameters": int(sum(a.size for a in travelling_state(evaluator.model).values())),
+        "model_parameters": int(sum(p.numel() for p in evaluator.model.parameters())),
+        "model_path": str(model_path.relative_to(outputs.run_dir)),
+    })
+    outputs.plot()
+    log(INFO, "run finished: final global accuracy %.4f; outputs in %s",
+        rows[-1]["eval_accuracy"], outputs.run_dir)
+    return outputs
+
+
+def build_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is Flower's (``context.run_config``) with
+    ``overrides`` on top; ``run_simulation`` passes no run config, so tests use this."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = RunConfig.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+        run(grid, config)
+
+    return server_app
+
+
+app = build_server_app()

@@ -1,0 +1,30 @@
+"""Server halves of Pollen's strategies, one per file, selected by the ``strategy`` key."""
+
+from __future__ import annotations
+
+from flwr.app import ArrayRecord
+
+from pollen.config import ConfigError, RunConfig
+from strategies.base import PollenFedAvg
+from strategies.directory import ClientDirectory
+from strategies.fedavg import FedAvg
+from strategies.fedprox import FedProx
+
+STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx}
+
+
+def check_strategy_name(name: str) -> None:
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")
+
+
+def build_strategy(config: RunConfig, directory: ClientDirectory,
+                   initial_arrays: ArrayRecord) -> PollenFedAvg:
+    check_strategy_name(config.strategy)
+    common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
+                  fraction_train=config.fraction_train,
+                  fraction_evaluate=config.fraction_evaluate,
+                  min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    if config.strategy == "fedprox":
+        return FedProx(proximal_mu=config.fedprox_mu, **common)
+    return STRATEGIES[config.strategy](**common)

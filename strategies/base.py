@@ -1,0 +1,94 @@
+"""What every Pollen strategy adds to Flower's FedAvg hooks.
+
+- Sampling by stable client id with a seeded RNG (Flower samples transport node ids
+  with the global ``random``, which is neither stable across restarts nor seeded).
+- Replies aggregated in client-id order, so float sums do not depend on which reply
+  arrived first: the same seed gives the same tensors.
+- The global tensors live in the strategy, behind ``state_dict``/``load_state_dict``.
+
+Subclasses override Flower's hooks and call ``super()``; Flower's own strategies are
+combined with this class through cooperative inheritance (see ``fedprox.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from pollen.records import from_array_record, to_array_record
+from pollen.seeding import derive_seed
+from strategies.directory import ClientDirectory, client_sort_key
+
+StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
+
+
+class PollenFedAvg(FedAvg):
+    """Flower's FedAvg, sampled by client id, with its state in ``state_dict()``."""
+
+    def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
+                 seed: int, **fedavg_kwargs) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.directory = directory
+        self.global_arrays = initial_arrays
+        self.seed = seed
+
+    def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
+                     purpose: str) -> list[int]:
+        """Node ids of a seeded sample of client ids, in client-id order."""
+        self.directory.refresh(grid, min_nodes=self.min_available_nodes)
+        clients = self.directory.clients()
+        size = min(len(clients), max(int(len(clients) * fraction), min_nodes))
+        rng = random.Random(derive_seed(self.seed, purpose, server_round))
+        chosen = rng.sample(clients, size)
+        return [c.node_id for c in sorted(chosen, key=lambda c: client_sort_key(c.client_id))]
+
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                  node_ids: list[int], message_type: str) -> list[Message]:
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return list(self._construct_messages(record, node_ids, message_type))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
+                                  server_round, "train")
+        return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        nodes = self.sample_nodes(grid, self.fraction_evaluate, self.min_evaluate_nodes,
+                                  server_round, "evaluate")
+        return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)
+
+    def in_client_order(self, replies: Iterable[Message]) -> list[Message]:
+        return sorted(replies, key=lambda m: client_sort_key(
+            self.directory.client_of(m.metadata.src_node_id).client_id))
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, self.in_client_order(replies))
+        if arrays is not None:
+            self.global_arrays = arrays
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return super().aggregate_evaluate(server_round, self.in_client_order(replies))
+
+    def state_dict(self) -> StrategyState:
+        tensors = {f"global/{k}": v for k, v in from_array_record(self.global_arrays).items()}
+        return {"tensors": tensors, "meta": {"strategy": type(self).__name__}}
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        if state["meta"].get("strategy") != type(self).__name__:
+            raise ValueError(f"state of {state['meta'].get('strategy')} cannot be loaded "
+                             f"into {type(self).__name__}")
+        prefix = "global/"
+        self.global_arrays = to_array_record(
+            {k[len(prefix):]: np.asarray(v) for k, v in state["tensors"].items()
+             if k.startswith(prefix)})

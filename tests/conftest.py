@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+AG_NEWS = SHARED / "data" / "ag_news" / "test.csv"
+
+TOPICS = {
+    "sport": "match goal team league coach player season score stadium",
+    "money": "bank market stock price profit shares investor trade bond",
+    "space": "rocket orbit planet nasa launch satellite moon astronaut star",
+    "music": "band album song concert guitar singer tour chart record",
+}
+
+
+@pytest.fixture(scope="session")
+def topics_csv(tmp_path_factory) -> Path:
+    """A small headed text file: 4 topics with disjoint vocabularies, 400 rows."""
+    rng = random.Random(0)
+    rows = ["label,text"]
+    for i in range(400):
+        label = list(TOPICS)[i % 4]
+        words = TOPICS[label].split()
+        rows.append(f"{label},{' '.join(rng.choice(words) for _ in range(8))}")
+    path = tmp_path_factory.mktemp("data") / "topics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ag_news() -> Path:
+    if not AG_NEWS.is_file():
+        pytest.skip(f"{AG_NEWS} is not present")
+    return AG_NEWS

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+
+from pollen.config import ConfigError, RunConfig
+from pollen.data import check_enough_examples, client_split, load_task
+
+
+def test_ag_news_loads_as_four_classes(ag_news):
+    task = load_task(RunConfig(dataset=str(ag_news), model="minilm"))
+    assert task.modality == "text"
+    assert task.label_names == ("1", "2", "3", "4")
+    assert len(task.pool) + len(task.server_test) == 7600
+    first = task.server_test[0]
+    assert set(first) == {"text", "label"} and 0 <= first["label"] <= 3
+    # title and description are joined
+    assert ". " in first["text"]
+
+
+def test_digits_server_split_is_stratified():
+    config = RunConfig()
+    task = load_task(config)
+    assert task.num_classes == 10 and len(task.pool) + len(task.server_test) == 1797
+    assert len(task.server_test) == 360
+    counts = np.bincount(task.server_test["label"], minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: 20% of each class
+
+
+@pytest.mark.parametrize("partitioner", ["iid", "dirichlet", "pathological"])
+def test_partitions_cover_the_pool_without_overlap(partitioner):
+    config = RunConfig(partitioner=partitioner, dirichlet_alpha=0.3, pathological_classes=2)
+    task = load_task(config)
+    sizes, labels_per_client = [], []
+    for pid in range(10):
+        train, test = client_split(task, config, pid, 10)
+        sizes.append(len(train) + len(test))
+        labels_per_client.append(set(train["label"]) | set(test["label"]))
+    assert sum(sizes) == len(task.pool)
+    if partitioner == "pathological":
+        assert all(len(labels) <= 2 for labels in labels_per_client)
+    if partitioner == "iid":
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_split_is_a_pure_function_of_the_config():
+    config = RunConfig(partitioner="dirichlet", dirichlet_alpha=0.1)
+    a_train, a_test = client_split(load_task(config), config, 3, 10)
+    from pollen import data
+
+    data._load_task.cache_clear()
+    b_train, b_test = client_split(load_task(config), config, 3, 10)
+    assert list(a_train["label"]) == list(b_train["label"])
+    assert list(a_test["label"]) == list(b_test["label"])
+    assert np.array_equal(np.array(list(a_train["pixels"])), np.array(list(b_train["pixels"])))
+
+
+def test_headed_csv_jsonl_and_parquet_with_named_columns(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"topic": ["a", "b", "c"] * 10,
+                          "title": [f"t{i}" for i in range(30)],
+                          "body": [f"body {i}" for i in range(30)]})
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    frame.to_json(tmp_path / "x.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "x.parquet")
+    for suffix in ("csv", "jsonl", "parquet"):
+        config = RunConfig(dataset=str(tmp_path / f"x.{suffix}"), model="tiny-bert",
+                           label_column="topic", text_column="body")
+        task = load_task(config)
+        assert task.label_names == ("a", "b", "c")
+        texts = list(task.pool["text"]) + list(task.server_test["text"])
+        assert sorted(texts) == sorted(frame["body"])
+
+
+def test_tsv_without_text_column_joins_all_other_columns(tmp_path):
+    (tmp_path / "x.tsv").write_text("label\ttitle\tbody\n" + "".join(
+        f"{i % 2}\ttitle{i}\tbody{i}\n" for i in range(20)))
+    task = load_task(RunConfig(dataset=str(tmp_path / "x.tsv"), model="tiny-bert"))
+    assert "title3. body3" in list(task.pool["text"]) + list(task.server_test["text"])
+
+
+def test_missing_label_column_is_named(tmp_path):
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps({"text": "hi", "y": i % 2}) + "\n"
+                                              for i in range(10)))
+    with pytest.raises(ConfigError, match="label column 'label' not found.*text, y"):
+        load_task(RunConfig(dataset=str(tmp_path / "x.jsonl"), model="tiny-bert"))
+
+
+def test_missing_text_column_is_named(topics_csv):
+    with pytest.raises(ConfigError, match="text column\\(s\\) body not found"):
+        load_task(RunConfig(dataset=str(topics_csv), model="tiny-bert", text_column="body"))
+
+
+def test_fewer_examples_than_clients_is_an_error(topics_csv):
+    task = load_task(RunConfig(dataset=str(topics_csv), model="tiny-bert"))
+    with pytest.raises(ConfigError, match="320 examples for 500 clients"):
+        check_enough_examples(task, 500)

@@ -1,0 +1,50 @@
+"""The README's default job, for real: `flwr run . --stream` on a fresh FLWR_HOME."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (here: our temporary FLWR_HOME)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_flwr_run_streams_the_default_job(tmp_path):
+    flwr_home, outputs = tmp_path / "flwr-home", tmp_path / "runs"
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    try:
+        done = subprocess.run(
+            [flwr, "run", ".", "--stream", "--federation-config", "num-supernodes=10",
+             "--run-config",
+             f"num-server-rounds=2 output-dir='{outputs}' run-name='default'"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        log = done.stdout + done.stderr
+        assert done.returncode == 0, log[-3000:]
+    finally:
+        for pid in processes_mentioning(str(flwr_home)):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    assert "[round 2/2] global accuracy" in log
+    rows = [json.loads(line) for line in (outputs / "default" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[-1]["num_replies"] == 10  # the 10 virtual clients of the default federation
+    assert (outputs / "default" / "model" / "model.safetensors").is_file()
