@@ -17,14 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Array
-from flwr.simulation import run_simulation
 
-from client_app.app import app as client_app
+from bench.common import AG_NEWS, simulate, write_report
 from pollen.models import build_backbone
-from server_app.app import build_server_app
-
-ROOT = Path(__file__).resolve().parents[1]
-AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
 
 
 def full_model_bytes(model_name: str, num_classes: int) -> int:
@@ -38,20 +33,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--dataset", default=str(AG_NEWS))
-    parser.add_argument("--out", default=str(ROOT / "pollen-runs" / "bench"))
     args = parser.parse_args()
 
-    run_name = f"foundation-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = {"dataset": args.dataset, "model": "minilm", "partitioner": "dirichlet",
                  "dirichlet-alpha": 0.5, "num-server-rounds": args.rounds, "lr": 0.003,
-                 "local-epochs": 1, "seed": 42, "output-dir": args.out, "run-name": run_name}
-    started = time.perf_counter()
-    run_simulation(server_app=build_server_app(overrides), client_app=client_app,
-                   num_supernodes=args.clients,
-                   backend_config={"client_resources": {"num_cpus": 1}})
-    total = time.perf_counter() - started
-    run_dir = Path(args.out) / run_name
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                 "local-epochs": 1, "seed": 42}
+    run_dir, rows, total = simulate(overrides, args.clients,
+                                    f"foundation-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = json.loads((run_dir / "summary.json").read_text())
     full = full_model_bytes("minilm", 4)
     messages_per_round = [r["num_replies"] * 3 for r in rows]  # train down, up, eval down
@@ -77,12 +65,8 @@ def main() -> None:
               f"{summary['model_parameters']:,}; full model message {full / 1e6:.2f} MB; "
               f"total wall time {total:.0f} s (Ray start-up and setup included); "
               f"mean round {np.mean([r['round_seconds'] for r in rows]):.1f} s"]
-    table = "\n".join(lines)
-    print(table)
-    out = ROOT / "docs" / "benchmarks" / "foundation.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("# Foundation: MiniLM + LoRA on AG News\n\nCommand: `python -m bench.foundation`\n\n"
-                   + table + "\n")
+    write_report("foundation", "Foundation: MiniLM + LoRA on AG News",
+                 "python -m bench.foundation", "\n".join(lines))
 
 
 if __name__ == "__main__":

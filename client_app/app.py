@@ -6,8 +6,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.job import ClientJob
+from client_app.proximal import proximal_anchor, proximal_mu
 from pollen.adapters import travelling_state
-from pollen.records import to_array_record
+from pollen.records import ARRAYS_KEY, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate as evaluate_model
 from pollen.training import make_loader, train as train_model
@@ -29,16 +30,16 @@ def describe(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     job = ClientJob.from_message(msg, context)
     config, server_round = job.config, int(msg.content["config"]["server-round"])
+    anchor = proximal_anchor(job, msg)
     model = job.model_from(msg)
     seed = derive_seed(config.seed, "train", server_round, job.client_id)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
-    # Only Flower's FedProx puts proximal-mu into the train config.
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))
     result = train_model(model, loader, epochs=config.local_epochs, lr=config.lr,
-                         device=job.device, proximal_mu=mu, seed=seed)
+                         device=job.device, proximal_mu=proximal_mu(msg), anchor=anchor,
+                         seed=seed)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds})
-    return Message(content=RecordDict({"arrays": to_array_record(travelling_state(model)),
+    return Message(content=RecordDict({ARRAYS_KEY: to_array_record(travelling_state(model)),
                                        "metrics": metrics}), reply_to=msg)
 
 

@@ -15,7 +15,7 @@ from pollen.config import ConfigError, RunConfig
 from pollen.data import client_split, load_task
 from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
-from pollen.records import from_array_record
+from pollen.records import ARRAYS_KEY, from_array_record
 from pollen.training import torch_dataset
 
 
@@ -54,11 +54,11 @@ class ClientJob:
     def data(self) -> ClientData:
         return _client_data(self.config, self.partition_id, self.num_partitions)
 
-    def model_from(self, message: Message) -> nn.Module:
-        """The cached model with the message's tensors loaded into it."""
+    def model_from(self, message: Message, key: str = ARRAYS_KEY) -> nn.Module:
+        """The cached model with the message's tensors (ArrayRecord ``key``) loaded."""
         model = _model(self.config, self.data.num_classes)
-        arrays = from_array_record(message.content["arrays"])
-        load_travelling_state(model, arrays, what=f"message to client {self.client_id}")
+        arrays = from_array_record(message.content[key])
+        load_travelling_state(model, arrays, what=f"'{key}' sent to client {self.client_id}")
         return model.to(self.device)
 
 

@@ -53,6 +53,11 @@ class RunConfig:
     lora_alpha: int = 16
     lora_target_modules: str = "query,value"
     fedprox_mu: float = 0.01
+    fedref_p: int = 3
+    fedref_lambda: float = 0.1
+    fedref_mu: float = 0.01
+    fedref_client_prox: bool = True
+    client_rotation: bool = False
     device: str = "auto"
     round_timeout: float = 3600.0
 
@@ -122,8 +127,11 @@ class RunConfig:
                            ("round-timeout", self.round_timeout)):
             if not value > 0.0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
-        if self.fedprox_mu < 0.0:
-            raise ConfigError(f"fedprox-mu must be >= 0, got {self.fedprox_mu}")
+        _at_least("fedref-p", self.fedref_p, 1)
+        for key, value in (("fedprox-mu", self.fedprox_mu), ("fedref-mu", self.fedref_mu),
+                           ("fedref-lambda", self.fedref_lambda)):
+            if value < 0.0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
         if not self.target_modules:
             raise ConfigError("lora-target-modules names no module")
         if not self.output_dir:

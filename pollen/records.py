@@ -7,6 +7,10 @@ from collections.abc import Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+# ArrayRecord keys of train messages: the model to train, and (FedRef) the proximal anchor.
+ARRAYS_KEY = "arrays"
+REFERENCE_KEY = "reference"
+
 
 def to_array_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value))

@@ -64,17 +64,35 @@ def _logits(model: nn.Module, batch: dict[str, torch.Tensor],
     return output.logits if hasattr(output, "logits") else output
 
 
+def trainable_snapshot(model: nn.Module) -> list[torch.Tensor]:
+    """Detached copies of the trainable parameters, in ``model.parameters()`` order."""
+    return [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+
+def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor],
+                  mu: float) -> torch.Tensor:
+    """(mu/2) * sum ||p - a||^2; its gradient with respect to p is mu * (p - a)."""
+    return mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
+
+
 def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
-          device: torch.device, proximal_mu: float = 0.0, seed: int = 0) -> TrainResult:
+          device: torch.device, proximal_mu: float = 0.0,
+          anchor: list[torch.Tensor] | None = None, seed: int = 0) -> TrainResult:
     """AdamW on the trainable parameters for ``epochs`` passes.
 
-    With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - w0||^2 over the trainable
-    parameters, w0 being their values on entry (FedProx's proximal term).
+    With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - a||^2 over the trainable
+    parameters: a = ``anchor`` (a ``trainable_snapshot``) when given, else the values on
+    entry (FedProx's proximal term).
     """
     torch.manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    if proximal_mu <= 0:
+        anchor = []
+    elif anchor is None:
+        anchor = trainable_snapshot(model)
+    else:
+        anchor = [a.to(device) for a in anchor]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     criterion = nn.CrossEntropyLoss()
     total_loss, steps, seen = 0.0, 0, 0
@@ -84,10 +102,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
             labels = batch["label"].to(device)
             with autocast(device):
                 loss = criterion(_logits(model, batch, device).float(), labels)
-            objective = loss
-            if anchor:
-                objective = loss + proximal_mu / 2 * sum(
-                    (p - a).pow(2).sum() for p, a in zip(params, anchor))
+            objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

@@ -30,6 +30,17 @@ def _metric(record, key: str) -> float | None:
     return None if record is None or key not in record else float(record[key])
 
 
+def _weighted_accuracy(replies: list[Message]) -> float | None:
+    counts = [(int(m.content["metrics"]["num-examples"]),
+               float(m.content["metrics"]["eval_accuracy"])) for m in replies]
+    total = sum(n for n, _ in counts)
+    return None if total == 0 else sum(n * a for n, a in counts) / total
+
+
+# Keys of the clients' train MetricRecord that the row already carries in its own form.
+_CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds"}
+
+
 def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_round: int,
               evaluate_global: Callable[[], EvalResult]) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row."""
@@ -50,18 +61,26 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     server_eval = evaluate_global()
     server_eval_seconds = time.perf_counter() - server_eval_started
     trained = _valid(train_replies)
+    evaluated = _valid(eval_replies)
+    trained_nodes = {m.metadata.dst_node_id for m in train_messages}
     train_seconds = [float(m.content["metrics"]["train_seconds"]) for m in trained]
     row = {
         "round": server_round,
         "strategy": config.strategy,
         "num_replies": len(trained),
         "num_failures": (len(train_messages) - len(trained))
-                        + (len(eval_messages) - len(_valid(eval_replies))),
+                        + (len(eval_messages) - len(evaluated)),
         "train_loss": _metric(train_metrics, "train_loss"),
         "eval_loss": server_eval.loss,
         "eval_accuracy": server_eval.accuracy,
         "client_accuracy": _metric(eval_metrics, "eval_accuracy"),
         "client_loss": _metric(eval_metrics, "eval_loss"),
+        # The new global model on the local test splits of the clients that trained in
+        # this round, and of those that did not (with client rotation: a forgetting measure).
+        "participant_accuracy": _weighted_accuracy(
+            [m for m in evaluated if m.metadata.src_node_id in trained_nodes]),
+        "nonparticipant_accuracy": _weighted_accuracy(
+            [m for m in evaluated if m.metadata.src_node_id not in trained_nodes]),
         "bytes_up": sum(array_bytes(m.content) for m in trained),
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
@@ -69,6 +88,9 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
         "server_eval_seconds": server_eval_seconds,
         "round_seconds": time.perf_counter() - started,
     }
+    # Strategy-specific aggregates (e.g. FedRef's objective) go into the row as they are.
+    row.update({k: float(v) for k, v in (train_metrics or {}).items()
+                if k not in _CLIENT_TRAIN_KEYS})
     log(INFO, "[round %d/%d] global accuracy %.4f (server test) | clients %s | "
         "train loss %s | %d replies, %d failures | %.1fs", server_round,
         config.num_server_rounds, row["eval_accuracy"],

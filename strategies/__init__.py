@@ -9,8 +9,10 @@ from strategies.base import PollenFedAvg
 from strategies.directory import ClientDirectory
 from strategies.fedavg import FedAvg
 from strategies.fedprox import FedProx
+from strategies.fedref import FedRef
 
-STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx}
+STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx,
+                                             "fedref": FedRef}
 
 
 def check_strategy_name(name: str) -> None:
@@ -24,7 +26,12 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
     common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
                   fraction_train=config.fraction_train,
                   fraction_evaluate=config.fraction_evaluate,
-                  min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+                  min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
+                  client_rotation=config.client_rotation)
     if config.strategy == "fedprox":
         return FedProx(proximal_mu=config.fedprox_mu, **common)
+    if config.strategy == "fedref":
+        return FedRef(p=config.fedref_p, lam=config.fedref_lambda,
+                      client_mu=config.fedref_mu if config.fedref_client_prox else 0.0,
+                      **common)
     return STRATEGIES[config.strategy](**common)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -31,20 +33,35 @@ class PollenFedAvg(FedAvg):
     """Flower's FedAvg, sampled by client id, with its state in ``state_dict()``."""
 
     def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
-                 seed: int, **fedavg_kwargs) -> None:
+                 seed: int, client_rotation: bool = False, **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
         self.directory = directory
         self.global_arrays = initial_arrays
         self.seed = seed
+        self.client_rotation = client_rotation
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Pollen: seed %d, client rotation %s", self.seed,
+            "on" if self.client_rotation else "off")
+        super().summary()
 
     def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
                      purpose: str) -> list[int]:
-        """Node ids of a seeded sample of client ids, in client-id order."""
+        """Node ids of a sample of client ids, in client-id order.
+
+        Seeded random sampling; with client rotation, training instead walks through the
+        clients in id order, ``size`` at a time (round r takes clients
+        (r-1)*size ... r*size-1, wrapping around), so each round trains a different group.
+        """
         self.directory.refresh(grid, min_nodes=self.min_available_nodes)
         clients = self.directory.clients()
         size = min(len(clients), max(int(len(clients) * fraction), min_nodes))
-        rng = random.Random(derive_seed(self.seed, purpose, server_round))
-        chosen = rng.sample(clients, size)
+        if self.client_rotation and purpose == "train":
+            start = (server_round - 1) * size
+            chosen = [clients[(start + i) % len(clients)] for i in range(size)]
+        else:
+            chosen = random.Random(derive_seed(self.seed, purpose, server_round)).sample(
+                clients, size)
         return [c.node_id for c in sorted(chosen, key=lambda c: client_sort_key(c.client_id))]
 
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

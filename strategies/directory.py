@@ -12,8 +12,8 @@ from __future__ import annotations
 
 
 import time
-from logging import INFO, WARNING
 from dataclasses import dataclass
+from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log

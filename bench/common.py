@@ -1,0 +1,45 @@
+"""What every suite needs: one Flower simulation run, its metrics, and table helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from flwr.simulation import run_simulation
+
+from client_app.app import app as client_app
+from server_app.app import build_server_app
+
+ROOT = Path(__file__).resolve().parents[1]
+AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
+RUNS = ROOT / "pollen-runs" / "bench"
+
+
+def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, list[dict], float]:
+    """Run the app in Flower's simulation engine (Ray, one CPU per client).
+
+    Returns the run folder, its metrics rows and the wall time including Ray start-up.
+    """
+    overrides = {"output-dir": str(RUNS), "run-name": run_name, **overrides}
+    started = time.perf_counter()
+    run_simulation(server_app=build_server_app(overrides), client_app=client_app,
+                   num_supernodes=num_clients,
+                   backend_config={"client_resources": {"num_cpus": 1}})
+    seconds = time.perf_counter() - started
+    run_dir = Path(overrides["output-dir"]) / run_name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir, rows, seconds
+
+
+def rounds_to_reach(rows: list[dict], target: float) -> int | None:
+    """First round whose global accuracy is at least ``target``; None if never."""
+    return next((r["round"] for r in rows if r["eval_accuracy"] >= target), None)
+
+
+def write_report(name: str, title: str, command: str, body: str) -> Path:
+    out = ROOT / "docs" / "benchmarks" / f"{name}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# {title}\n\nCommand: `{command}`\n\n{body}\n")
+    print(body)
+    return out
