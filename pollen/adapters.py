@@ -87,6 +87,38 @@ def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
         model.load_state_dict(tensors, strict=True)
 
 
+HEAD_MARKER = "classifier"  # the head's tensors are named ...classifier... in every model
+
+
+def head_tensor_names(names) -> list[str]:
+    """The classifier head's tensors among travelling tensor names."""
+    return [name for name in names if HEAD_MARKER in name.split(".")]
+
+
+def reinitialise_travelling(model: nn.Module, seed: int) -> dict[str, np.ndarray]:
+    """Fresh, seeded values for the travelling tensors, as at construction time.
+
+    LoRA layers get peft's default init (A random, B zero, so the backbone's function is
+    unchanged); every other trainable leaf module (the head, the CNN's layers) its own
+    ``reset_parameters``. The frozen backbone is untouched, so models re-initialised with
+    different seeds can still be merged. Returns the new travelling state.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    torch.manual_seed(seed)
+    lora_layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    inside_lora = {id(sub) for layer in lora_layers for sub in layer.modules()}
+    for layer in lora_layers:
+        for adapter in layer.lora_A:
+            layer.reset_lora_parameters(adapter, init_lora_weights=True)
+    for module in model.modules():
+        if (id(module) not in inside_lora and hasattr(module, "reset_parameters")
+                and not list(module.children())
+                and any(p.requires_grad for p in module.parameters(recurse=False))):
+            module.reset_parameters()
+    return travelling_state(model)
+
+
 def save_final_model(model: nn.Module, out_dir: Path) -> Path:
     """peft's own format for adapters (adapter_config.json + adapter_model.safetensors,
     loadable with ``PeftModel.from_pretrained``); model.safetensors for plain modules."""

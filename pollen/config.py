@@ -58,6 +58,12 @@ class RunConfig:
     fedref_mu: float = 0.01
     fedref_client_prox: bool = True
     client_rotation: bool = False
+    num_global_models: int = 3
+    fedmerge_mu: float = 0.01
+    lr_w: float = 100.0
+    lr_theta: float = 1.0
+    fedmerge_w_tensors: str = "head"
+    fedmerge_w_step: str = "plain"
     device: str = "auto"
     round_timeout: float = 3600.0
 
@@ -128,8 +134,13 @@ class RunConfig:
             if not value > 0.0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         _at_least("fedref-p", self.fedref_p, 1)
+        _at_least("num-global-models", self.num_global_models, 1)
+        _choice("fedmerge-w-tensors", self.fedmerge_w_tensors, ("head", "all"))
+        _choice("fedmerge-w-step", self.fedmerge_w_step, ("plain", "official"))
         for key, value in (("fedprox-mu", self.fedprox_mu), ("fedref-mu", self.fedref_mu),
-                           ("fedref-lambda", self.fedref_lambda)):
+                           ("fedref-lambda", self.fedref_lambda),
+                           ("fedmerge-mu", self.fedmerge_mu), ("lr-w", self.lr_w),
+                           ("lr-theta", self.lr_theta)):
             if value < 0.0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         if not self.target_modules:

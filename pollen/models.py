@@ -35,11 +35,11 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-                                  nn.Linear(64, num_classes))
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU())
+        self.classifier = nn.Linear(64, num_classes)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels.view(-1, 1, 8, 8)))
+        return self.classifier(self.hidden(self.features(pixels.view(-1, 1, 8, 8))))
 
 
 def modality_of(model_name: str) -> str:

@@ -58,7 +58,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
 
     initial = to_array_record(travelling_state(evaluator.model))
-    strategy = build_strategy(config, directory, initial)
+    strategy = build_strategy(config, directory, initial, evaluator.model)
     strategy.summary()
     outputs = RunOutputs.create(config)
     log(INFO, "writing outputs to %s", outputs.run_dir)
@@ -68,9 +68,14 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         row = run_round(grid, strategy, config, server_round,
                         lambda: evaluator(strategy.global_arrays))
         outputs.append_metrics(row)
+        for name, record in strategy.round_records(server_round).items():
+            outputs.append_jsonl(name, record)
 
+    saved_models = strategy.final_models()
+    for folder, tensors in saved_models.items():
+        load_travelling_state(evaluator.model, tensors, what=f"final model {folder}")
+        save_final_model(evaluator.model, outputs.run_dir / folder)
     evaluator(strategy.global_arrays)
-    model_path = save_final_model(evaluator.model, outputs.model_dir)
     rows = outputs.read_metrics()
     outputs.write_summary({
         "rounds": len(rows),
@@ -82,7 +87,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         "total_bytes_down": sum(r["bytes_down"] for r in rows),
         "travelling_parameters": int(sum(a.size for a in travelling_state(evaluator.model).values())),
         "model_parameters": int(sum(p.numel() for p in evaluator.model.parameters())),
-        "model_path": str(model_path.relative_to(outputs.run_dir)),
+        "saved_models": sorted(saved_models),
     })
     outputs.plot()
     log(INFO, "run finished: final global accuracy %.4f; outputs in %s",

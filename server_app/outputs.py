@@ -1,7 +1,8 @@
 """Everything a run leaves under ``<output-dir>/<run-name>/``.
 
 config.json (resolved config), metrics.jsonl (one object per round, appended and
-fsynced as each round ends), summary.json, plot.png and model/ (the final model).
+fsynced as each round ends), a strategy's own JSON-lines files, summary.json, plot.png,
+model/ (the final model) and any other models the strategy saves.
 """
 
 from __future__ import annotations
@@ -38,34 +39,40 @@ class RunOutputs:
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
 
-    @property
-    def model_dir(self) -> Path:
-        return self.run_dir / "model"
-
-    def append_metrics(self, record: dict) -> None:
-        with self.metrics_path.open("a") as handle:
+    def append_jsonl(self, name: str, record: dict) -> None:
+        with (self.run_dir / name).open("a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
+    def read_jsonl(self, name: str) -> list[dict]:
+        path = self.run_dir / name
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def append_metrics(self, record: dict) -> None:
+        self.append_jsonl(self.metrics_path.name, record)
+
+    def read_metrics(self) -> list[dict]:
+        return self.read_jsonl(self.metrics_path.name)
 
     def write_summary(self, summary: dict) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     def plot(self) -> Path:
-        """Accuracy (server test split and clients' local splits) and loss per round."""
+        """Accuracy (server test split and clients' local splits) and loss per round; with
+        a merge_weights.jsonl (FedMerge), a heat map of the last round's merge weights."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         rows = self.read_metrics()
+        merges = self.read_jsonl("merge_weights.jsonl")
         rounds = [r["round"] for r in rows]
-        figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
+        figure, axes = plt.subplots(1, 3 if merges else 2, figsize=(15 if merges else 10, 4))
+        acc_axis, loss_axis = axes[0], axes[1]
         acc_axis.plot(rounds, [r["eval_accuracy"] for r in rows], marker="o",
                       label="global, server test split")
         acc_axis.plot(rounds, [r["client_accuracy"] for r in rows], marker="s",
@@ -76,6 +83,15 @@ class RunOutputs:
         loss_axis.plot(rounds, [r["eval_loss"] for r in rows], marker="s", label="server test")
         loss_axis.set(xlabel="round", ylabel="cross-entropy", title="Loss")
         loss_axis.legend()
+        if merges:
+            weights = merges[-1]["weights"]
+            image = axes[2].imshow([weights[c] for c in weights], aspect="auto",
+                                   cmap="viridis", vmin=0.0)
+            axes[2].set(xlabel="global model j", ylabel="client",
+                        title=f"softmax(W), round {merges[-1]['round']}",
+                        yticks=range(len(weights)), yticklabels=list(weights),
+                        xticks=range(len(next(iter(weights.values())))))
+            figure.colorbar(image, ax=axes[2])
         figure.suptitle(self.run_dir.name)
         figure.tight_layout()
         path = self.run_dir / "plot.png"

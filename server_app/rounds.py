@@ -39,6 +39,7 @@ def _weighted_accuracy(replies: list[Message]) -> float | None:
 
 # Keys of the clients' train MetricRecord that the row already carries in its own form.
 _CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds"}
+_CLIENT_EVAL_KEYS = {"eval_loss", "eval_accuracy"}
 
 
 def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_round: int,
@@ -51,6 +52,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
     train_replies = list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
+    rejected = dict(strategy.rejected)
 
     eval_messages = list(strategy.configure_evaluate(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
@@ -60,7 +62,8 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     server_eval_started = time.perf_counter()
     server_eval = evaluate_global()
     server_eval_seconds = time.perf_counter() - server_eval_started
-    trained = _valid(train_replies)
+    answered = _valid(train_replies)
+    trained = [m for m in answered if m.metadata.src_node_id not in rejected]
     evaluated = _valid(eval_replies)
     trained_nodes = {m.metadata.dst_node_id for m in train_messages}
     train_seconds = [float(m.content["metrics"]["train_seconds"]) for m in trained]
@@ -75,13 +78,17 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
         "eval_accuracy": server_eval.accuracy,
         "client_accuracy": _metric(eval_metrics, "eval_accuracy"),
         "client_loss": _metric(eval_metrics, "eval_loss"),
+        "client_accuracy_per_client_mean": (
+            sum(float(m.content["metrics"]["eval_accuracy"]) for m in evaluated) / len(evaluated)
+            if evaluated else None),
         # The new global model on the local test splits of the clients that trained in
         # this round, and of those that did not (with client rotation: a forgetting measure).
         "participant_accuracy": _weighted_accuracy(
             [m for m in evaluated if m.metadata.src_node_id in trained_nodes]),
         "nonparticipant_accuracy": _weighted_accuracy(
             [m for m in evaluated if m.metadata.src_node_id not in trained_nodes]),
-        "bytes_up": sum(array_bytes(m.content) for m in trained),
+        "rejections": sorted(rejected.values()),
+        "bytes_up": sum(array_bytes(m.content) for m in answered),
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
         "client_train_seconds_max": max(train_seconds, default=0.0),
@@ -91,6 +98,8 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     # Strategy-specific aggregates (e.g. FedRef's objective) go into the row as they are.
     row.update({k: float(v) for k, v in (train_metrics or {}).items()
                 if k not in _CLIENT_TRAIN_KEYS})
+    row.update({k: float(v) for k, v in (eval_metrics or {}).items()
+                if k not in _CLIENT_EVAL_KEYS})
     log(INFO, "[round %d/%d] global accuracy %.4f (server test) | clients %s | "
         "train loss %s | %d replies, %d failures | %.1fs", server_round,
         config.num_server_rounds, row["eval_accuracy"],

@@ -4,7 +4,12 @@
   with the global ``random``, which is neither stable across restarts nor seeded).
 - Replies aggregated in client-id order, so float sums do not depend on which reply
   arrived first: the same seed gives the same tensors.
+- A reply whose tensors do not match the global model's names and shapes is rejected
+  before aggregation (``rejected`` maps its node id to the reason; the round counts it as
+  a failure).
 - The global tensors live in the strategy, behind ``state_dict``/``load_state_dict``.
+- Hooks for what a strategy adds to a run's outputs: ``round_records`` (extra JSON lines
+  each round) and ``final_models`` (models saved at the end).
 
 Subclasses override Flower's hooks and call ``super()``; Flower's own strategies are
 combined with this class through cooperative inheritance (see ``fedprox.py``).
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -22,7 +27,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from pollen.records import from_array_record, to_array_record
+from pollen.adapters import LayoutError, check_layout, layout
+from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from strategies.directory import ClientDirectory, client_sort_key
 
@@ -39,6 +45,7 @@ class PollenFedAvg(FedAvg):
         self.global_arrays = initial_arrays
         self.seed = seed
         self.client_rotation = client_rotation
+        self.rejected: dict[int, str] = {}  # node id -> reason, in the last aggregation
 
     def summary(self) -> None:
         log(INFO, "\t├──> Pollen: seed %d, client rotation %s", self.seed,
@@ -86,9 +93,30 @@ class PollenFedAvg(FedAvg):
         return sorted(replies, key=lambda m: client_sort_key(
             self.directory.client_of(m.metadata.src_node_id).client_id))
 
+    def accepted(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in client-id order, less those whose tensors do not match the global
+        layout; error replies stay, for Flower's FedAvg to log and drop."""
+        self.rejected = {}
+        expected = layout(from_array_record(self.global_arrays))
+        kept = []
+        for reply in self.in_client_order(replies):
+            if not reply.has_error():
+                client = self.directory.client_of(reply.metadata.src_node_id).client_id
+                try:
+                    if ARRAYS_KEY not in reply.content.array_records:
+                        raise LayoutError(f"reply of client {client} carries no '{ARRAYS_KEY}'")
+                    check_layout(expected, from_array_record(reply.content[ARRAYS_KEY]),
+                                 what=f"reply of client {client}")
+                except LayoutError as error:
+                    log(WARNING, "rejected: %s", error)
+                    self.rejected[reply.metadata.src_node_id] = str(error)
+                    continue
+            kept.append(reply)
+        return kept
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, self.in_client_order(replies))
+        arrays, metrics = super().aggregate_train(server_round, self.accepted(replies))
         if arrays is not None:
             self.global_arrays = arrays
         return arrays, metrics
@@ -96,6 +124,14 @@ class PollenFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         return super().aggregate_evaluate(server_round, self.in_client_order(replies))
+
+    def round_records(self, server_round: int) -> dict[str, dict]:
+        """Extra records for this round, by output file name (one JSON line each)."""
+        return {}
+
+    def final_models(self) -> dict[str, dict[str, np.ndarray]]:
+        """Models to save at the end of the run, by folder relative to the run folder."""
+        return {"model": from_array_record(self.global_arrays)}
 
     def state_dict(self) -> StrategyState:
         tensors = {f"global/{k}": v for k, v in from_array_record(self.global_arrays).items()}

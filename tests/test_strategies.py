@@ -27,7 +27,7 @@ def make_strategy(config: RunConfig, grid: LocalGrid, arrays=None):
     directory.refresh(grid, strict=True)
     arrays = arrays or to_array_record({"w": np.zeros((2, 3), np.float32),
                                         "b": np.zeros(3, np.float32)})
-    return build_strategy(config, directory, arrays)
+    return build_strategy(config, directory, arrays, template=None)
 
 
 def reply_to(message: Message, arrays: dict, num_examples: int, loss: float) -> Message:

@@ -1,0 +1,216 @@
+"""FedMerge (arXiv 2504.06768), as ../shared/docs/methods.md §2 gives it.
+
+The server keeps d global models Theta_1..Theta_d, initialised independently (seeded
+re-initialisation of the travelling tensors; the frozen backbone is shared), and a matrix
+W with one row per client id, zero at first (a uniform merge). Each sampled client i gets
+only its own merge
+
+    theta_i0 = sum_j s_ij Theta_j,   s_i = softmax(W_i),
+
+trains CE + mu ||theta - theta_i0||^2 from it (sent as ``proximal-mu`` = 2 mu, since
+Pollen's training loop adds (mu/2)||.||^2) and returns theta_iE; delta_i = theta_i0 - theta_iE.
+
+W step (softmax chain rule), on the ``fedmerge-w-tensors`` subset (the classifier head by
+default, as the official code's 'linear' keys; or all tensors):
+
+    G_ij = s_ij <Theta_j - theta_i0, delta_i>,   G <- G / sum |G|,   W_i <- W_i - lr_W p_i G_i
+
+with p_i = n_i / sum n over the round's clients. Theta step:
+
+    Theta_j <- Theta_j - lr_Theta sum_i w_ij delta_i,   w_ij = p_i s_ij / sum_i' p_i' s_i'j,
+
+with s taken from the updated W, as the official code (shutong043/FedMerge,
+server_merging.py) updates W first and then Theta.
+
+Where the official code differs, behind ``fedmerge-w-step=official``: instead of one step
+of size lr_W, it repeats W <- W - 0.01 p G until some entry of W has moved by more than
+lr_W (at most 10,000 times); the closed form used here is n = the smallest count whose
+step moves an entry by more than lr_W. Its p_i are over all clients, which equals ours
+when every client trains each round.
+
+The global model on the server's test split (eval_accuracy) is the uniform merge
+mean_j Theta_j; each client evaluates its own merge on its local test split
+(client_accuracy, also written as personalized_accuracy). No FedMerge code runs on the
+client: the proximal term towards the received model is ``client_app/proximal.py``'s.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from torch import nn
+
+from pollen.adapters import head_tensor_names, reinitialise_travelling
+from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
+from pollen.seeding import derive_seed
+from strategies.base import PollenFedAvg, StrategyState
+
+Tensors = dict[str, np.ndarray]
+OFFICIAL_W_STEP = 0.01
+OFFICIAL_MAX_REPEATS = 10_000
+
+
+def softmax(row: np.ndarray) -> np.ndarray:
+    shifted = np.exp(row - row.max())
+    return shifted / shifted.sum()
+
+
+def merge(models: list[Tensors], weights: np.ndarray) -> Tensors:
+    return {name: sum(w * m[name].astype(np.float64) for w, m in zip(weights, models))
+            .astype(np.float32) for name in models[0]}
+
+
+def initial_global_models(template: nn.Module, count: int, seed: int) -> list[Tensors]:
+    """``count`` independently initialised sets of travelling tensors for one backbone."""
+    model = copy.deepcopy(template)
+    return [reinitialise_travelling(model, derive_seed(seed, "fedmerge-theta", j))
+            for j in range(count)]
+
+
+class FedMerge(PollenFedAvg):
+    def __init__(self, *, global_models: list[Tensors], mu: float, lr_w: float,
+                 lr_theta: float, w_tensors: str, w_step: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not global_models:
+            raise ValueError("FedMerge needs at least one global model")
+        self.thetas = [dict(t) for t in global_models]
+        self.mu, self.lr_w, self.lr_theta = mu, lr_w, lr_theta
+        self.w_tensors, self.w_step = w_tensors, w_step
+        self.w: dict[str, np.ndarray] = {}
+        self.sent: dict[int, tuple[str, Tensors]] = {}  # node id -> (client id, theta_i0)
+        self.global_arrays = to_array_record(self.uniform_merge())
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> FedMerge: d=%d, mu %g, lr_W %g (%s step), lr_Theta %g, W from %s "
+            "tensors", len(self.thetas), self.mu, self.lr_w, self.w_step, self.lr_theta,
+            self.w_tensors)
+        super().summary()
+
+    def weights_of(self, client_id: str) -> np.ndarray:
+        """softmax(W_i); a client never seen before has a zero row."""
+        return softmax(self.w.setdefault(client_id, np.zeros(len(self.thetas))))
+
+    def merged_for(self, client_id: str) -> Tensors:
+        return merge(self.thetas, self.weights_of(client_id))
+
+    def uniform_merge(self) -> Tensors:
+        return merge(self.thetas, np.full(len(self.thetas), 1.0 / len(self.thetas)))
+
+    def _personal_messages(self, server_round: int, config: ConfigRecord, nodes: list[int],
+                           message_type: str) -> list[Message]:
+        config["server-round"] = server_round
+        messages = []
+        for node in nodes:
+            client_id = self.directory.client_of(node).client_id
+            merged = self.merged_for(client_id)
+            if message_type == MessageType.TRAIN:
+                self.sent[node] = (client_id, merged)
+            content = RecordDict({ARRAYS_KEY: to_array_record(merged),
+                                  self.configrecord_key: config})
+            messages.append(Message(content=content, message_type=message_type,
+                                    dst_node_id=node))
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config["proximal-mu"] = 2.0 * self.mu
+        self.sent = {}
+        nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
+                                  server_round, "train")
+        return self._personal_messages(server_round, config, nodes, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        nodes = self.sample_nodes(grid, self.fraction_evaluate, self.min_evaluate_nodes,
+                                  server_round, "evaluate")
+        return self._personal_messages(server_round, config, nodes, MessageType.EVALUATE)
+
+    def _w_step(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        step = p[:, None] * g
+        if self.w_step == "plain":
+            return self.lr_w * step
+        largest = np.abs(OFFICIAL_W_STEP * step).max()
+        repeats = (OFFICIAL_MAX_REPEATS + 1 if largest == 0
+                   else min(int(self.lr_w // largest) + 1, OFFICIAL_MAX_REPEATS + 1))
+        return repeats * OFFICIAL_W_STEP * step
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(self.accepted(replies), is_train=True)
+        if not valid:
+            return None, None
+        clients = [self.sent[m.metadata.src_node_id] for m in valid]
+        counts = np.array([float(m.content["metrics"][self.weighted_by_key]) for m in valid])
+        p = counts / counts.sum()
+        deltas = [{k: theta0[k].astype(np.float64) - v
+                   for k, v in from_array_record(m.content[ARRAYS_KEY]).items()}
+                  for (_, theta0), m in zip(clients, valid)]
+        subset = (head_tensor_names(self.thetas[0]) if self.w_tensors == "head"
+                  else list(self.thetas[0]))
+
+        s_before = np.stack([self.weights_of(cid) for cid, _ in clients])
+        g = np.array([[s_before[a, j] * sum(
+            float(np.sum((theta[k] - theta0[k].astype(np.float64)) * delta[k]))
+            for k in subset) for j, theta in enumerate(self.thetas)]
+            for a, ((_, theta0), delta) in enumerate(zip(clients, deltas))])
+        if np.abs(g).sum() > 0:
+            g = g / np.abs(g).sum()
+        for (cid, _), step in zip(clients, self._w_step(p, g)):
+            self.w[cid] = self.w[cid] - step
+
+        s_after = np.stack([self.weights_of(cid) for cid, _ in clients])
+        mix = p[:, None] * s_after
+        mix = mix / mix.sum(axis=0, keepdims=True)
+        self.thetas = [{k: (theta[k] - self.lr_theta * sum(mix[a, j] * deltas[a][k]
+                                                           for a in range(len(deltas))))
+                        .astype(np.float32) for k in theta}
+                       for j, theta in enumerate(self.thetas)]
+        self.global_arrays = to_array_record(self.uniform_merge())
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        return self.global_arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            metrics["personalized_accuracy"] = metrics["eval_accuracy"]
+        return metrics
+
+    def round_records(self, server_round: int) -> dict[str, dict]:
+        return {"merge_weights.jsonl": {
+            "round": server_round,
+            "weights": {cid: self.weights_of(cid).round(6).tolist()
+                        for cid in sorted(self.w, key=lambda c: (len(c), c))}}}
+
+    def final_models(self) -> dict[str, Tensors]:
+        uniform = self.uniform_merge()
+        models = {"model": uniform, "adapters/uniform": uniform}
+        models.update({f"adapters/global-{j}": theta for j, theta in enumerate(self.thetas)})
+        models.update({f"adapters/clients/{cid}": self.merged_for(cid) for cid in self.w})
+        return models
+
+    def state_dict(self) -> StrategyState:
+        state = super().state_dict()
+        for j, theta in enumerate(self.thetas):
+            state["tensors"].update({f"theta/{j}/{k}": v for k, v in theta.items()})
+        clients = sorted(self.w)
+        if clients:
+            state["tensors"]["w"] = np.stack([self.w[c] for c in clients])
+        state["meta"].update({"num_global_models": len(self.thetas), "w_clients": clients})
+        return state
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        super().load_state_dict(state)
+        count = state["meta"]["num_global_models"]
+        self.thetas = [{k[len(f"theta/{j}/"):]: np.asarray(v)
+                        for k, v in state["tensors"].items() if k.startswith(f"theta/{j}/")}
+                       for j in range(count)]
+        clients = state["meta"]["w_clients"]
+        self.w = {c: np.asarray(state["tensors"]["w"][i], dtype=np.float64)
+                  for i, c in enumerate(clients)}
