@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,6 +65,12 @@ class RunConfig:
     lr_theta: float = 1.0
     fedmerge_w_tensors: str = "head"
     fedmerge_w_step: str = "plain"
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 3
+    resume: str = ""
+    min_replies: int = 1
+    update_norm_limit: float = 0.0
+    update_norm_action: str = "reject"
     device: str = "auto"
     round_timeout: float = 3600.0
 
@@ -88,17 +95,16 @@ class RunConfig:
                     f"unknown run-config key '{key}'; known keys: {', '.join(cls.keys())}"
                 )
             kwargs[name] = _coerce(key, value, types[name])
-        config = cls(**kwargs)
-        config.validate()
-        return config
+        return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
     def replace(self, **changes: Any) -> RunConfig:
-        config = dataclasses.replace(self, **changes)
-        config.validate()
-        return config
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def to_json(self) -> str:
         return json.dumps(self.to_mapping(), indent=2, sort_keys=True)
@@ -137,10 +143,18 @@ class RunConfig:
         _at_least("num-global-models", self.num_global_models, 1)
         _choice("fedmerge-w-tensors", self.fedmerge_w_tensors, ("head", "all"))
         _choice("fedmerge-w-step", self.fedmerge_w_step, ("plain", "official"))
+        _at_least("checkpoint-every", self.checkpoint_every, 1)
+        _at_least("keep-checkpoints", self.keep_checkpoints, 1)
+        _at_least("min-replies", self.min_replies, 1)
+        _choice("update-norm-action", self.update_norm_action, ("reject", "clip"))
+        if self.resume and not (Path(self.resume).expanduser() / "config.json").is_file():
+            raise ConfigError(f"resume: {self.resume} is not a Pollen run folder "
+                              "(no config.json)")
         for key, value in (("fedprox-mu", self.fedprox_mu), ("fedref-mu", self.fedref_mu),
                            ("fedref-lambda", self.fedref_lambda),
                            ("fedmerge-mu", self.fedmerge_mu), ("lr-w", self.lr_w),
-                           ("lr-theta", self.lr_theta)):
+                           ("lr-theta", self.lr_theta),
+                           ("update-norm-limit", self.update_norm_limit)):
             if value < 0.0:
                 raise ConfigError(f"{key} must be >= 0, got {value}")
         if not self.target_modules:
@@ -188,6 +202,8 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     elif annotation == "float":
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"run-config key '{key}' must be a finite number, got {value}")
     else:
         ok = isinstance(value, str)
     if not ok:

@@ -7,9 +7,11 @@ clients' describe replies surface their own problems.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from logging import INFO
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -17,13 +19,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from pollen.adapters import load_travelling_state, save_final_model, travelling_state
-from pollen.config import RunConfig
+from pollen.config import ConfigError, RunConfig
 from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
 from pollen.records import from_array_record, to_array_record
 from pollen.seeding import seed_everything
 from pollen.training import evaluate, make_loader, torch_dataset
+from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
 from strategies import build_strategy, check_strategy_name
@@ -47,6 +50,15 @@ class ServerEvaluator:
 
 
 def run(grid: Grid, config: RunConfig) -> RunOutputs:
+    """A new run, or with ``resume`` set, the continuation of the run in that folder from
+    its last complete checkpoint, under the config it was started with."""
+    checkpoint = None
+    if config.resume:
+        run_dir = Path(config.resume).expanduser().resolve()
+        config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
     check_strategy_name(config.strategy)
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
@@ -60,16 +72,26 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     initial = to_array_record(travelling_state(evaluator.model))
     strategy = build_strategy(config, directory, initial, evaluator.model)
     strategy.summary()
-    outputs = RunOutputs.create(config)
+    if checkpoint is None:
+        outputs, first_round = RunOutputs.create(config), 1
+    else:
+        strategy.load_state_dict(checkpoint.strategy_state)
+        restore_rng(checkpoint)
+        outputs = RunOutputs.reopen(run_dir, checkpoint.output_lines)
+        first_round = checkpoint.server_round + 1
+        log(INFO, "resuming from %s", checkpoint.path)
     log(INFO, "writing outputs to %s", outputs.run_dir)
 
     started = time.perf_counter()
-    for server_round in range(1, config.num_server_rounds + 1):
+    for server_round in range(first_round, config.num_server_rounds + 1):
         row = run_round(grid, strategy, config, server_round,
                         lambda: evaluator(strategy.global_arrays))
         outputs.append_metrics(row)
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)
+        if (server_round % config.checkpoint_every == 0
+                or server_round == config.num_server_rounds):
+            save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)
 
     saved_models = strategy.final_models()
     for folder, tensors in saved_models.items():

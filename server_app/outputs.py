@@ -35,6 +35,15 @@ class RunOutputs:
         (run_dir / "config.json").write_text(config.to_json() + "\n")
         return outputs
 
+    @classmethod
+    def reopen(cls, run_dir: Path, output_lines: dict[str, int]) -> RunOutputs:
+        """An existing run folder with its JSON-lines files cut back to a checkpoint's
+        line counts (rows written after that checkpoint are written again)."""
+        for path in run_dir.glob("*.jsonl"):
+            lines = path.read_text().splitlines()[:output_lines.get(path.name, 0)]
+            path.write_text("".join(line + "\n" for line in lines))
+        return cls(run_dir)
+
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"

@@ -30,6 +30,18 @@ def _metric(record, key: str) -> float | None:
     return None if record is None or key not in record else float(record[key])
 
 
+def _failures(strategy: PollenFedAvg, phase: str, sent: list[Message],
+              replies: list[Message], timeout: float) -> list[str]:
+    """What went wrong with each message of a phase that got no valid reply."""
+    name = strategy.directory.name_of
+    answered = {m.metadata.src_node_id for m in replies}
+    failures = [f"{phase}: {name(m.metadata.src_node_id)} failed: {m.error.reason}"
+                for m in replies if m.has_error()]
+    failures += [f"{phase}: {name(m.metadata.dst_node_id)} sent no reply within {timeout:g}s"
+                 for m in sent if m.metadata.dst_node_id not in answered]
+    return sorted(failures)
+
+
 def _weighted_accuracy(replies: list[Message]) -> float | None:
     counts = [(int(m.content["metrics"]["num-examples"]),
                float(m.content["metrics"]["eval_accuracy"])) for m in replies]
@@ -53,6 +65,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     train_replies = list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
+    kept_previous_global = strategy.kept_previous_global
 
     eval_messages = list(strategy.configure_evaluate(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
@@ -87,7 +100,12 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
             [m for m in evaluated if m.metadata.src_node_id in trained_nodes]),
         "nonparticipant_accuracy": _weighted_accuracy(
             [m for m in evaluated if m.metadata.src_node_id not in trained_nodes]),
+        "failures": _failures(strategy, "train", train_messages, train_replies,
+                              config.round_timeout)
+                    + _failures(strategy, "evaluate", eval_messages, eval_replies,
+                                config.round_timeout),
         "rejections": sorted(rejected.values()),
+        "kept_previous_global": kept_previous_global,
         "bytes_up": sum(array_bytes(m.content) for m in answered),
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),

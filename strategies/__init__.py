@@ -32,7 +32,9 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
                   fraction_train=config.fraction_train,
                   fraction_evaluate=config.fraction_evaluate,
                   min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1,
-                  client_rotation=config.client_rotation)
+                  client_rotation=config.client_rotation, min_replies=config.min_replies,
+                  norm_limit=config.update_norm_limit,
+                  norm_action=config.update_norm_action)
     if config.strategy == "fedprox":
         return FedProx(proximal_mu=config.fedprox_mu, **common)
     if config.strategy == "fedref":

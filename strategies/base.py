@@ -4,9 +4,10 @@
   with the global ``random``, which is neither stable across restarts nor seeded).
 - Replies aggregated in client-id order, so float sums do not depend on which reply
   arrived first: the same seed gives the same tensors.
-- A reply whose tensors do not match the global model's names and shapes is rejected
-  before aggregation (``rejected`` maps its node id to the reason; the round counts it as
-  a failure).
+- Every reply is validated against what its client was sent (``validation.py``) before
+  aggregation (``rejected`` maps a rejected reply's node id to the reason; the round
+  counts it as a failure); with fewer than ``min_replies`` valid replies the round keeps
+  the previous global model.
 - The global tensors live in the strategy, behind ``state_dict``/``load_state_dict``.
 - Hooks for what a strategy adds to a run's outputs: ``round_records`` (extra JSON lines
   each round) and ``final_models`` (models saved at the end).
@@ -27,10 +28,10 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from pollen.adapters import LayoutError, check_layout, layout
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from strategies.directory import ClientDirectory, client_sort_key
+from strategies.validation import RejectedReply, validated_tensors
 
 StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
 
@@ -39,13 +40,19 @@ class PollenFedAvg(FedAvg):
     """Flower's FedAvg, sampled by client id, with its state in ``state_dict()``."""
 
     def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
-                 seed: int, client_rotation: bool = False, **fedavg_kwargs) -> None:
+                 seed: int, client_rotation: bool = False, min_replies: int = 1,
+                 norm_limit: float = 0.0, norm_action: str = "reject",
+                 **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
         self.directory = directory
         self.global_arrays = initial_arrays
         self.seed = seed
         self.client_rotation = client_rotation
-        self.rejected: dict[int, str] = {}  # node id -> reason, in the last aggregation
+        self.min_replies, self.norm_limit, self.norm_action = min_replies, norm_limit, norm_action
+        # Per round: what each node was sent to train from, and how aggregation went.
+        self.sent: dict[int, dict[str, np.ndarray]] = {}
+        self.rejected: dict[int, str] = {}  # node id -> reason
+        self.kept_previous_global = False
 
     def summary(self) -> None:
         log(INFO, "\t├──> Pollen: seed %d, client rotation %s", self.seed,
@@ -81,6 +88,8 @@ class PollenFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
                                   server_round, "train")
+        sent = from_array_record(arrays)
+        self.sent = {node: sent for node in nodes}
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
@@ -94,24 +103,34 @@ class PollenFedAvg(FedAvg):
             self.directory.client_of(m.metadata.src_node_id).client_id))
 
     def accepted(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies in client-id order, less those whose tensors do not match the global
-        layout; error replies stay, for Flower's FedAvg to log and drop."""
+        """Replies in client-id order that pass ``validation.validated_tensors`` against
+        what their client was sent (clipped replies carry their clipped tensors);
+        error replies stay, for Flower's FedAvg to log and drop. Fewer than
+        ``min_replies`` valid replies: none, and the round keeps the previous global."""
         self.rejected = {}
-        expected = layout(from_array_record(self.global_arrays))
         kept = []
         for reply in self.in_client_order(replies):
             if not reply.has_error():
-                client = self.directory.client_of(reply.metadata.src_node_id).client_id
+                node = reply.metadata.src_node_id
+                client = self.directory.client_of(node).client_id
                 try:
-                    if ARRAYS_KEY not in reply.content.array_records:
-                        raise LayoutError(f"reply of client {client} carries no '{ARRAYS_KEY}'")
-                    check_layout(expected, from_array_record(reply.content[ARRAYS_KEY]),
-                                 what=f"reply of client {client}")
-                except LayoutError as error:
+                    if node not in self.sent:
+                        raise RejectedReply(f"reply of client {client}, which was sent no work")
+                    tensors = validated_tensors(
+                        reply, self.sent[node], self.weighted_by_key, self.norm_limit,
+                        self.norm_action, who=f"client {client}")
+                except RejectedReply as error:
                     log(WARNING, "rejected: %s", error)
-                    self.rejected[reply.metadata.src_node_id] = str(error)
+                    self.rejected[node] = str(error)
                     continue
+                reply.content[ARRAYS_KEY] = to_array_record(tensors)
             kept.append(reply)
+        valid = sum(not reply.has_error() for reply in kept)
+        self.kept_previous_global = valid < self.min_replies
+        if self.kept_previous_global:
+            log(WARNING, "only %d valid replies (min-replies %d): keeping the previous global "
+                "model", valid, self.min_replies)
+            return []
         return kept
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

@@ -45,6 +45,7 @@ class ClientDirectory:
         self._run_config = run_config
         self._timeout = timeout
         self._by_node: dict[int, ClientInfo] = {}
+        self._names: dict[int, str] = {}  # every node ever described, connected or not
 
     def refresh(self, grid: Grid, min_nodes: int = 1, strict: bool = False) -> None:
         """Describe every connected node not seen yet.
@@ -76,6 +77,7 @@ class ClientDirectory:
             self._by_node[node] = ClientInfo(
                 node, str(about["client-id"]), int(about["num-train"]),
                 int(about["num-test"]), int(about["num-partitions"]))
+            self._names[node] = f"client {about['client-id']}"
         for node in sorted(set(new_nodes) - answered):
             self._failed(strict, f"client on node {node} did not answer within "
                          f"{self._timeout:.0f}s")
@@ -94,3 +96,7 @@ class ClientDirectory:
 
     def client_of(self, node_id: int) -> ClientInfo:
         return self._by_node[node_id]
+
+    def name_of(self, node_id: int) -> str:
+        """'client <id>' for any node ever described (also after it left), else 'node <n>'."""
+        return self._names.get(node_id, f"node {node_id}")

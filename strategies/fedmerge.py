@@ -83,7 +83,6 @@ class FedMerge(PollenFedAvg):
         self.mu, self.lr_w, self.lr_theta = mu, lr_w, lr_theta
         self.w_tensors, self.w_step = w_tensors, w_step
         self.w: dict[str, np.ndarray] = {}
-        self.sent: dict[int, tuple[str, Tensors]] = {}  # node id -> (client id, theta_i0)
         self.global_arrays = to_array_record(self.uniform_merge())
 
     def summary(self) -> None:
@@ -110,7 +109,7 @@ class FedMerge(PollenFedAvg):
             client_id = self.directory.client_of(node).client_id
             merged = self.merged_for(client_id)
             if message_type == MessageType.TRAIN:
-                self.sent[node] = (client_id, merged)
+                self.sent[node] = merged  # theta_i0
             content = RecordDict({ARRAYS_KEY: to_array_record(merged),
                                   self.configrecord_key: config})
             messages.append(Message(content=content, message_type=message_type,
@@ -145,7 +144,8 @@ class FedMerge(PollenFedAvg):
         valid, _ = self._check_and_log_replies(self.accepted(replies), is_train=True)
         if not valid:
             return None, None
-        clients = [self.sent[m.metadata.src_node_id] for m in valid]
+        clients = [(self.directory.client_of(m.metadata.src_node_id).client_id,
+                    self.sent[m.metadata.src_node_id]) for m in valid]
         counts = np.array([float(m.content["metrics"][self.weighted_by_key]) for m in valid])
         p = counts / counts.sum()
         deltas = [{k: theta0[k].astype(np.float64) - v

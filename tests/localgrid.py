@@ -3,10 +3,13 @@
 Flower's simulation runs the same ClientApp through Ray; this stands in for the
 transport only, so that strategy and server tests run in milliseconds. Node ids are
 arbitrary numbers, renameable, to test that Pollen keys clients by their own id.
+Like the real transport, a reply that takes longer than ``timeout`` never arrives, and a
+client that raises ``Disconnected`` leaves the grid without replying.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from uuid import uuid4
 
@@ -14,6 +17,10 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+
+class Disconnected(Exception):
+    """Raised by a test client to leave the grid mid-round."""
 
 
 class LocalGrid(Grid):
@@ -47,21 +54,29 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_configs)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+    def push_messages(self, messages: Iterable[Message],
+                      timeout: float | None = None) -> Iterable[str]:
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             self.sent.append(message)
+            ids.append(message.metadata.message_id)
             node = message.metadata.dst_node_id
+            if node not in self.node_configs:
+                continue
             context = Context(run_id=1, node_id=node, node_config=self.node_configs[node],
                               state=RecordDict(), run_config={})
+            started = time.perf_counter()
             try:
                 reply = self.client_app(message, context)
+            except Disconnected:
+                del self.node_configs[node]
+                continue
             except Exception as error:  # the real runtime turns this into an error reply
                 reply = Message(Error(code=0, reason=f"{type(error).__name__}: {error}"),
                                 reply_to=message)
-            self._replies[message.metadata.message_id] = reply
-            ids.append(message.metadata.message_id)
+            if timeout is None or time.perf_counter() - started <= timeout:
+                self._replies[message.metadata.message_id] = reply
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -69,4 +84,4 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        return self.pull_messages(self.push_messages(messages, timeout))

@@ -1,0 +1,158 @@
+"""Nothing lost: checkpoints, kill-and-resume, validated replies, failing clients."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from safetensors.numpy import load_file
+
+from client_app.app import app as client_app
+from pollen.config import ConfigError, RunConfig
+from pollen.data import load_task
+from pollen.records import to_array_record
+from server_app.app import run
+from server_app.checkpoints import latest_checkpoint
+from tests.faults import FAULTS, SLOW_SECONDS, grid_with_fault
+from tests.localgrid import LocalGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMING = ("seconds",)
+
+
+def _serve(config: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.serve_local", json.dumps(config)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmerge", "fedref"])
+def test_a_run_killed_with_sigkill_resumes_to_identical_results(tmp_path, strategy):
+    common = {"strategy": strategy, "num-server-rounds": 8, "output-dir": str(tmp_path),
+              "fraction-train": 0.75}
+    straight = _serve({**common, "run-name": "straight"})
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    victim = _serve({**common, "run-name": "killed"})
+    try:
+        deadline = time.time() + 300
+        while not (killed_dir / "checkpoints" / "round-2").is_dir():
+            assert victim.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        os.kill(victim.pid, signal.SIGKILL)
+    finally:
+        victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed_dir / "summary.json").exists(), "the run finished before the kill"
+    interrupted_at = latest_checkpoint(killed_dir).server_round
+    assert interrupted_at < 8
+
+    resumed = _serve({"resume": str(killed_dir)})
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    assert _rows(killed_dir) == _rows(tmp_path / "straight")
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(killed_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    if strategy == "fedmerge":
+        merges = (killed_dir / "merge_weights.jsonl").read_text()
+        assert merges == (tmp_path / "straight" / "merge_weights.jsonl").read_text()
+
+
+def test_only_the_last_checkpoints_are_kept_and_damaged_ones_are_skipped(tmp_path):
+    config = RunConfig(num_server_rounds=5, keep_checkpoints=2, output_dir=str(tmp_path),
+                       run_name="r")
+    outputs = run(LocalGrid.simulation(client_app, 3), config)
+    root = outputs.run_dir / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["round-4", "round-5"]
+    (root / ".round-6.partial").mkdir()  # a write that never finished
+    (root / ".round-6.partial" / "state.json").write_text("{")
+    tensors = root / "round-5" / "strategy.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-8] + b"garbage!")  # damaged after the fact
+    assert latest_checkpoint(outputs.run_dir).server_round == 4
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    (tmp_path / "config.json").write_text(RunConfig().to_json())
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
+        run(LocalGrid.simulation(client_app, 2), RunConfig(resume=str(tmp_path)))
+    with pytest.raises(ConfigError, match="not a Pollen run folder"):
+        RunConfig(resume=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_failing_client_never_stops_the_run(tmp_path, fault):
+    load_task(RunConfig())  # warm the data cache, so only the injected delay is slow
+    config = RunConfig(num_server_rounds=2, output_dir=str(tmp_path), run_name=fault,
+                       round_timeout=SLOW_SECONDS * 0.6, local_epochs=1)
+    outputs = run(grid_with_fault(4, fault), config)
+    rows = outputs.read_metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["num_replies"] == 3 and row["eval_accuracy"] > 0.1
+        if fault != "vanish" or row["round"] == 1:
+            assert row["num_failures"] >= 1
+    if fault in ("nan", "shape"):
+        reason = "non-finite" if fault == "nan" else "has shape (1,)"
+        assert all(len(r["rejections"]) == 1 and reason in r["rejections"][0] for r in rows)
+    expected = {"raise": "train: client 0 failed: RuntimeError: injected failure",
+                "slow": "train: client 0 sent no reply within 0.9s",
+                "vanish": "train: client 0 sent no reply within 0.9s"}
+    if fault in expected:
+        assert rows[0]["failures"] == [expected[fault]]
+    if fault == "vanish":  # gone for good: no more messages go to it
+        assert rows[1]["num_failures"] == 0 and rows[1]["num_replies"] == 3
+
+
+def test_too_few_valid_replies_keep_the_previous_global(tmp_path):
+    config = RunConfig(num_server_rounds=1, min_replies=4, output_dir=str(tmp_path), run_name="m")
+    outputs = run(grid_with_fault(4, "nan"), config)
+    row = outputs.read_metrics()[0]
+    assert row["kept_previous_global"] is True and row["num_replies"] == 3
+    initial = load_file(outputs.run_dir / "checkpoints" / "round-1" / "strategy.safetensors")
+    from pollen.models import build_model
+    from pollen.adapters import travelling_state
+    start = travelling_state(build_model(config, 10))
+    assert all(np.array_equal(initial[f"global/{k}"], v) for k, v in start.items())
+
+
+def test_update_norm_limit_rejects_or_clips(tmp_path):
+    rejected = run(LocalGrid.simulation(client_app, 3), RunConfig(
+        num_server_rounds=1, update_norm_limit=1e-4, output_dir=str(tmp_path), run_name="a"))
+    row = rejected.read_metrics()[0]
+    assert row["num_replies"] == 0 and row["kept_previous_global"] is True
+    assert all("exceeds update-norm-limit" in r for r in row["rejections"])
+    clipped = run(LocalGrid.simulation(client_app, 3), RunConfig(
+        num_server_rounds=1, update_norm_limit=1e-4, update_norm_action="clip",
+        output_dir=str(tmp_path), run_name="b"))
+    row = clipped.read_metrics()[0]
+    assert row["num_replies"] == 3 and not row["rejections"]
+    state = load_file(clipped.run_dir / "checkpoints" / "round-1" / "strategy.safetensors")
+    from pollen.adapters import travelling_state
+    from pollen.models import build_model
+    start = travelling_state(build_model(RunConfig(), 10))
+    moved = np.sqrt(sum(((state[f"global/{k}"].astype(np.float64) - v) ** 2).sum()
+                        for k, v in start.items()))
+    assert 0 < moved <= 1e-4 * (1 + 1e-3)
+
+
+def test_a_malformed_message_gets_an_error_reply_naming_the_problem():
+    grid = LocalGrid.simulation(client_app, 2)
+    node = next(iter(grid.get_node_ids()))
+    config = ConfigRecord({**RunConfig().to_mapping(), "server-round": 1})
+    bad = to_array_record({"classifier.weight": np.zeros((10, 64), np.float32)})
+    reply = grid.send_and_receive([Message(RecordDict({"arrays": bad, "config": config}),
+                                           dst_node_id=node, message_type=MessageType.TRAIN)])[0]
+    assert reply.has_error()
+    assert "missing" in reply.error.reason and "features.0.weight" in reply.error.reason
