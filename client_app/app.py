@@ -22,7 +22,7 @@ def describe(msg: Message, context: Context) -> Message:
     job = ClientJob.from_message(msg, context)
     data = job.data
     about = ConfigRecord({"client-id": job.client_id, "num-train": len(data.train),
-                          "num-test": len(data.test), "num-partitions": job.num_partitions})
+                          "num-test": len(data.test)})
     return Message(content=RecordDict({"client": about}), reply_to=msg)
 
 

@@ -62,7 +62,7 @@ class ClientJob:
         return model.to(self.device)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=32)  # a simulation worker serves many clients in turn
 def _client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
     task = load_task(config)
     check_compatible(config.model, task.modality)

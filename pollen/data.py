@@ -150,7 +150,12 @@ def _from_hub(dataset_id: str) -> pd.DataFrame:
 
     federated = FederatedDataset(dataset=dataset_id,
                                  partitioners={"train": IidPartitioner(num_partitions=1)})
-    return federated.load_split("train").to_pandas()
+    try:
+        return federated.load_split("train").to_pandas()
+    except Exception as error:  # network, authentication, unknown id: all end the run here
+        raise ConfigError(f"dataset 'hf:{dataset_id}' could not be loaded through "
+                          f"flwr-datasets (is the Hugging Face Hub reachable?): "
+                          f"{type(error).__name__}: {error}") from error
 
 
 def _read_table(path: Path, label_column: str) -> pd.DataFrame:

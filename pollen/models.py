@@ -73,8 +73,12 @@ def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
                           max_position_embeddings=512, num_labels=num_classes)
         return BertForSequenceClassification(tiny)
     if model_name.startswith("hf:"):
-        return AutoModelForSequenceClassification.from_pretrained(model_name[3:],
-                                                                  num_labels=num_classes)
+        try:
+            return AutoModelForSequenceClassification.from_pretrained(model_name[3:],
+                                                                      num_labels=num_classes)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model '{model_name}' could not be loaded (is the Hugging "
+                              f"Face Hub reachable?): {error}") from error
     raise ConfigError(f"unknown model '{model_name}'; choose one of: {', '.join(MODEL_NAMES)}"
                       " or hf:<id>")
 

@@ -62,10 +62,11 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     check_strategy_name(config.strategy)
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
+    # In simulation every node holds one partition of the pool.
+    check_enough_examples(load_task(config), len(list(grid.get_node_ids())))
     directory = ClientDirectory(config.to_mapping(), timeout=config.round_timeout)
     directory.refresh(grid, min_nodes=1, strict=True)
     clients = directory.clients()
-    check_enough_examples(load_task(config), max(c.num_partitions for c in clients))
     log(INFO, "%d clients: %s", len(clients),
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
 

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
-import random
-from pathlib import Path
+import os
 
-import pytest
+# Tests never touch the network: the Hugging Face libraries read these at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 AG_NEWS = SHARED / "data" / "ag_news" / "test.csv"

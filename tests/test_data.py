@@ -96,3 +96,15 @@ def test_fewer_examples_than_clients_is_an_error(topics_csv):
     task = load_task(RunConfig(dataset=str(topics_csv), model="tiny-bert"))
     with pytest.raises(ConfigError, match="320 examples for 500 clients"):
         check_enough_examples(task, 500)
+
+
+def test_an_unreachable_hub_dataset_is_a_config_error():
+    with pytest.raises(ConfigError, match="dataset 'hf:pollen-test/absent' could not be loaded"):
+        load_task(RunConfig(dataset="hf:pollen-test/absent", model="tiny-bert"))
+
+
+def test_an_unreachable_hub_model_is_a_config_error():
+    from pollen.models import build_backbone
+
+    with pytest.raises(ConfigError, match="model 'hf:pollen-test/absent' could not be loaded"):
+        build_backbone("hf:pollen-test/absent", 2, seed=0)

@@ -17,8 +17,7 @@ from tests.localgrid import LocalGrid
 def describe_only(msg: Message, context) -> Message:
     """A client that only answers the directory's query."""
     about = ConfigRecord({"client-id": f"c{context.node_config['partition-id']}",
-                          "num-train": 10, "num-test": 2,
-                          "num-partitions": context.node_config["num-partitions"]})
+                          "num-train": 10, "num-test": 2})
     return Message(RecordDict({"client": about}), reply_to=msg)
 
 
