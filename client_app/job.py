@@ -12,10 +12,10 @@ from torch import nn
 
 from pollen.adapters import load_travelling_state
 from pollen.config import ConfigError, RunConfig
-from pollen.data import client_split, load_task
+from pollen.data import client_file_split, client_split, load_task
 from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
-from pollen.records import ARRAYS_KEY, from_array_record
+from pollen.records import ARRAYS_KEY, LABEL_NAMES_KEY, from_array_record
 from pollen.training import torch_dataset
 
 
@@ -28,31 +28,48 @@ class ClientData:
 
 @dataclass(frozen=True)
 class ClientJob:
+    """Where a client's data comes from: in simulation, partition ``partition-id`` of
+    ``num-partitions`` of the run's dataset; in deployment, its own file ``data-path``."""
+
     config: RunConfig
     client_id: str
-    partition_id: int
-    num_partitions: int
     device: torch.device
+    label_names: tuple[str, ...]
+    partition: tuple[int, int] | None  # (partition-id, num-partitions)
+    data_path: str | None
 
     @classmethod
     def from_message(cls, message: Message, context: Context) -> ClientJob:
-        """The run config comes from the server's message; identity and device from the
-        node config (``client-id``, ``partition-id``, ``num-partitions``, ``device``)."""
+        """The run config comes from the server's message; identity, data and device from
+        the node config (``client-id``, ``data-path`` or ``partition-id`` and
+        ``num-partitions``, ``model``, ``device``)."""
         sent = message.content["config"]
         config = RunConfig.from_mapping({k: v for k, v in sent.items()
                                          if k in RunConfig.keys()})
+        label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config
-        if "partition-id" not in node or "num-partitions" not in node:
-            raise ConfigError("node config needs partition-id and num-partitions; got keys "
-                              f"{sorted(node)}")
-        partition_id, num_partitions = int(node["partition-id"]), int(node["num-partitions"])
-        client_id = str(node.get("client-id", partition_id))
+        model = str(node.get("model", config.model))
+        if model != config.model:
+            raise ConfigError(f"this client's node config says model '{model}' but the run "
+                              f"trains '{config.model}'")
         device = resolve_device(str(node.get("device", config.device)))
-        return cls(config, client_id, partition_id, num_partitions, device)
+        if "data-path" in node:
+            if "client-id" not in node:
+                raise ConfigError("a client with data-path needs a client-id in its node "
+                                  "config (its stable name across restarts)")
+            return cls(config, str(node["client-id"]), device, label_names, None,
+                       str(node["data-path"]))
+        if "partition-id" not in node or "num-partitions" not in node:
+            raise ConfigError("node config needs data-path and client-id (deployment) or "
+                              f"partition-id and num-partitions (simulation); got keys "
+                              f"{sorted(node)}")
+        partition = (int(node["partition-id"]), int(node["num-partitions"]))
+        return cls(config, str(node.get("client-id", partition[0])), device, label_names,
+                   partition, None)
 
     @property
     def data(self) -> ClientData:
-        return _client_data(self.config, self.partition_id, self.num_partitions)
+        return _client_data(self.config, self.partition, self.data_path, self.label_names)
 
     def model_from(self, message: Message, key: str = ARRAYS_KEY) -> nn.Module:
         """The cached model with the message's tensors (ArrayRecord ``key``) loaded."""
@@ -63,13 +80,22 @@ class ClientJob:
 
 
 @functools.lru_cache(maxsize=32)  # a simulation worker serves many clients in turn
-def _client_data(config: RunConfig, partition_id: int, num_partitions: int) -> ClientData:
-    task = load_task(config)
-    check_compatible(config.model, task.modality)
-    train, test = client_split(task, config, partition_id, num_partitions)
-    convert = functools.partial(torch_dataset, modality=task.modality,
-                                model_name=config.model, max_seq_len=config.max_seq_len)
-    return ClientData(convert(train), convert(test), task.num_classes)
+def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
+                 label_names: tuple[str, ...]) -> ClientData:
+    if data_path is not None:
+        if not label_names:
+            raise ConfigError("the server sent no label names for this client's data-path")
+        modality, num_classes = "text", len(label_names)
+        check_compatible(config.model, modality)
+        train, test = client_file_split(data_path, config, label_names)
+    else:
+        task = load_task(config)
+        modality, num_classes = task.modality, task.num_classes
+        check_compatible(config.model, modality)
+        train, test = client_split(task, config, *partition)
+    convert = functools.partial(torch_dataset, modality=modality, model_name=config.model,
+                                max_seq_len=config.max_seq_len)
+    return ClientData(convert(train), convert(test), num_classes)
 
 
 @functools.lru_cache(maxsize=1)

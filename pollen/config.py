@@ -73,6 +73,7 @@ class RunConfig:
     update_norm_action: str = "reject"
     device: str = "auto"
     round_timeout: float = 3600.0
+    min_clients: int = 1
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -146,6 +147,7 @@ class RunConfig:
         _at_least("checkpoint-every", self.checkpoint_every, 1)
         _at_least("keep-checkpoints", self.keep_checkpoints, 1)
         _at_least("min-replies", self.min_replies, 1)
+        _at_least("min-clients", self.min_clients, 1)
         _choice("update-norm-action", self.update_norm_action, ("reject", "clip"))
         if self.resume and not (Path(self.resume).expanduser() / "config.json").is_file():
             raise ConfigError(f"resume: {self.resume} is not a Pollen run folder "

@@ -38,7 +38,7 @@ from flwr_datasets.partitioner import (
 )
 from flwr_datasets.partitioner.partitioner import Partitioner
 
-from pollen.config import ConfigError, RunConfig
+from pollen.config import TABLE_SUFFIXES, ConfigError, RunConfig
 
 datasets.disable_progress_bars()
 
@@ -101,6 +101,23 @@ def client_split(task: TaskData, config: RunConfig, partition_id: int,
         )
     split = partition.train_test_split(test_size=config.local_test_fraction,
                                        seed=config.seed + partition_id)
+    return split["train"], split["test"]
+
+
+def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
+                      ) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The local (train, test) splits of a client that brings its own file (deployment:
+    node config ``data-path``), its labels mapped to the run's ``label_names``."""
+    file = Path(path).expanduser()
+    if file.suffix.lower() not in TABLE_SUFFIXES or not file.is_file():
+        raise ConfigError(f"data-path {file} is not a {'/'.join(TABLE_SUFFIXES)} file that "
+                          "exists on this client")
+    table = _normalise(_read_table(file, config.label_column), config.text_column,
+                       config.label_column, str(file), label_names)
+    if len(table) < MIN_CLIENT_EXAMPLES:
+        raise ConfigError(f"data-path {file} holds {len(table)} example(s); a client needs "
+                          f"at least {MIN_CLIENT_EXAMPLES}")
+    split = table.train_test_split(test_size=config.local_test_fraction, seed=config.seed)
     return split["train"], split["test"]
 
 
@@ -183,9 +200,10 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _normalise(frame: pd.DataFrame, text_column: str, label_column: str,
-               source: str) -> datasets.Dataset:
-    """Reduce a table to (text, label) with labels mapped to 0..C-1."""
+def _normalise(frame: pd.DataFrame, text_column: str, label_column: str, source: str,
+               label_names: tuple[str, ...] | None = None) -> datasets.Dataset:
+    """Reduce a table to (text, label) with labels mapped to 0..C-1: in sorted order, or
+    to their position in ``label_names`` when the run's labels are already known."""
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if label_column not in columns:
@@ -206,19 +224,24 @@ def _normalise(frame: pd.DataFrame, text_column: str, label_column: str,
     if len(frame) == 0:
         raise ConfigError(f"{source} holds no rows")
     text = frame[text_columns].astype(str).agg(". ".join, axis=1)
-    raw_labels = frame[label_column]
-    values = sorted(set(raw_labels.tolist()), key=_label_sort_key)
-    if len(values) < 2:
-        raise ConfigError(f"label column '{label_column}' of {source} has {len(values)} "
-                          "distinct value(s); classification needs at least 2")
-    index = {value: i for i, value in enumerate(values)}
+    raw_labels = [str(v) for v in frame[label_column].tolist()]
+    if label_names is None:
+        label_names = tuple(sorted(set(raw_labels), key=_label_sort_key))
+        if len(label_names) < 2:
+            raise ConfigError(f"label column '{label_column}' of {source} has "
+                              f"{len(label_names)} distinct value(s); classification needs "
+                              "at least 2")
+    unknown = sorted(set(raw_labels) - set(label_names))
+    if unknown:
+        raise ConfigError(f"{source} has labels {unknown[:5]} that the run does not know; "
+                          f"its labels are: {', '.join(label_names)}")
+    index = {value: i for i, value in enumerate(label_names)}
     features = datasets.Features({
         "text": datasets.Value("string"),
-        "label": datasets.ClassLabel(names=[str(v) for v in values]),
+        "label": datasets.ClassLabel(names=list(label_names)),
     })
     return datasets.Dataset.from_dict(
-        {"text": text.tolist(), "label": [index[v] for v in raw_labels.tolist()]},
-        features=features)
+        {"text": text.tolist(), "label": [index[v] for v in raw_labels]}, features=features)
 
 
 def _label_sort_key(value: object) -> tuple[int, float, str]:

@@ -10,6 +10,9 @@ from flwr.app import Array, ArrayRecord, RecordDict
 # ArrayRecord keys of train messages: the model to train, and (FedRef) the proximal anchor.
 ARRAYS_KEY = "arrays"
 REFERENCE_KEY = "reference"
+# Config key of every message: the run's class names, so that a client reading its own
+# file (deployment) maps labels exactly as the server does.
+LABEL_NAMES_KEY = "label-names"
 
 
 def to_array_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:

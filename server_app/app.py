@@ -23,7 +23,7 @@ from pollen.config import ConfigError, RunConfig
 from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
-from pollen.records import from_array_record, to_array_record
+from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
 from pollen.seeding import seed_everything
 from pollen.training import evaluate, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
@@ -62,10 +62,12 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     check_strategy_name(config.strategy)
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
+    run_record = {**config.to_mapping(), LABEL_NAMES_KEY: list(load_task(config).label_names)}
+    directory = ClientDirectory(run_record, timeout=config.round_timeout)
+    directory.wait_for(grid, config.min_clients)
     # In simulation every node holds one partition of the pool.
     check_enough_examples(load_task(config), len(list(grid.get_node_ids())))
-    directory = ClientDirectory(config.to_mapping(), timeout=config.round_timeout)
-    directory.refresh(grid, min_nodes=1, strict=True)
+    directory.refresh(grid, min_nodes=config.min_clients, strict=True)
     clients = directory.clients()
     log(INFO, "%d clients: %s", len(clients),
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
@@ -86,7 +88,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     started = time.perf_counter()
     for server_round in range(first_round, config.num_server_rounds + 1):
         row = run_round(grid, strategy, config, server_round,
-                        lambda: evaluator(strategy.global_arrays))
+                        lambda: evaluator(strategy.global_arrays), run_record)
         outputs.append_metrics(row)
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)

@@ -55,10 +55,12 @@ _CLIENT_EVAL_KEYS = {"eval_loss", "eval_accuracy"}
 
 
 def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_round: int,
-              evaluate_global: Callable[[], EvalResult]) -> dict:
-    """One round of training, client evaluation and server evaluation; its metrics row."""
+              evaluate_global: Callable[[], EvalResult], run_record: dict) -> dict:
+    """One round of training, client evaluation and server evaluation; its metrics row.
+
+    ``run_record`` is what every message's config carries (the run config and the
+    label names)."""
     started = time.perf_counter()
-    run_record = config.to_mapping()
 
     train_messages = list(strategy.configure_train(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))

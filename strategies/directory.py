@@ -52,10 +52,7 @@ class ClientDirectory:
         With ``strict`` a failing node raises ClientSetupError (used before round 1);
         otherwise it is left out and asked again at the next refresh.
         """
-        while len(node_ids := list(grid.get_node_ids())) < min_nodes:
-            log(INFO, "waiting for clients: %d of %d connected", len(node_ids), min_nodes)
-            time.sleep(1.0)
-        connected = set(node_ids)
+        connected = set(self.wait_for(grid, min_nodes))
         self._by_node = {n: info for n, info in self._by_node.items() if n in connected}
         new_nodes = sorted(connected - set(self._by_node))
         if not new_nodes:
@@ -83,6 +80,14 @@ class ClientDirectory:
         ids = [info.client_id for info in self._by_node.values()]
         if len(ids) != len(set(ids)):
             raise ClientSetupError(f"two connected nodes claim the same client id: {ids}")
+
+    @staticmethod
+    def wait_for(grid: Grid, min_nodes: int) -> list[int]:
+        """Connected node ids, once there are at least ``min_nodes``."""
+        while len(node_ids := list(grid.get_node_ids())) < min_nodes:
+            log(INFO, "waiting for clients: %d of %d connected", len(node_ids), min_nodes)
+            time.sleep(1.0)
+        return node_ids
 
     @staticmethod
     def _failed(strict: bool, reason: str) -> None:

@@ -2,26 +2,13 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.processes import processes_mentioning, stop
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (here: our temporary FLWR_HOME)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_flwr_run_streams_the_default_job(tmp_path):
@@ -38,11 +25,7 @@ def test_flwr_run_streams_the_default_job(tmp_path):
         log = done.stdout + done.stderr
         assert done.returncode == 0, log[-3000:]
     finally:
-        for pid in processes_mentioning(str(flwr_home)):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        stop(processes_mentioning(str(flwr_home)))
     assert "[round 2/2] global accuracy" in log
     rows = [json.loads(line) for line in (outputs / "default" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
