@@ -4,8 +4,9 @@
 
 The job: tiny-bert + LoRA, 2 clients, 2 rounds, 4 local epochs, sequence length 16. The
 deployment is the loopback one of tests/test_deployment.py (TLS, SuperNode authentication,
-each client reading its own file); the simulation is Flower's engine (Ray) with the same
-server file split into 2 partitions. Expected duration: about 3 minutes.
+process isolation with separate SuperExecs as in the compose file, each client reading its
+own file); the simulation is Flower's engine (Ray) with 2 partitions of a file like theirs.
+Expected duration: about 3 minutes.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main() -> None:
     lines = ["| engine | round 1 s | round 2 s | mean s/round | final accuracy |",
              "|---|---|---|---|---|"]
     for name, rows in (("simulation (Ray, in-process)", simulated),
-                       ("loopback deployment (TLS, node auth, subprocess ClientApps)", deployed)):
+                       ("loopback deployment (TLS, node auth, SuperExec per node)", deployed)):
         seconds = [r["round_seconds"] for r in rows]
         lines.append(f"| {name} | {seconds[0]:.1f} | {seconds[1]:.1f} | {np.mean(seconds):.1f} | "
                      f"{rows[-1]['eval_accuracy']:.4f} |")

@@ -1,5 +1,10 @@
 """The loopback deployment's commands, in one place: the loopback test runs them and the
-drift test compares deploy/docker-compose.yml against them."""
+drift test compares deploy/docker-compose.yml against them.
+
+The topology is the compose file's: the SuperLink and every SuperNode run with
+``--isolation process``, and a separate ``flower-superexec`` runs the ServerApp (over TLS,
+like the compose ``serverapp`` service) and each SuperNode's ClientApps (like the
+``clientapp-<i>`` services)."""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def superlink_command(certs: Path, database: Path, fleet_port: int,
             "--ssl-keyfile", str(certs / "superlink.key"),
             "--enable-supernode-auth",
             "--database", str(database),
-            "--isolation", "subprocess",
+            "--isolation", "process",
             "--disable-runtime-dependency-installation",
             "--fleet-api-address", f"127.0.0.1:{fleet_port}",
             "--host", "127.0.0.1",
@@ -56,7 +61,18 @@ def supernode_command(ca: Path | None, fleet_port: int, key: Path | None,
     if key is not None:
         command += ["--auth-supernode-private-key", str(key)]
     return command + ["--node-config", node_config_text(node_config),
-                      "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port)]
+                      "--isolation", "process", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def serverapp_executor_command(control_port: int, ca: Path) -> list[str]:
+    return [str(BIN / "flower-superexec"), "--runtime-api-address", f"127.0.0.1:{control_port}",
+            "--root-certificates", str(ca)]
+
+
+def clientapp_executor_command(supernode_port: int) -> list[str]:
+    """The SuperNode's Runtime API stays on its own host (loopback or the compose network)."""
+    return [str(BIN / "flower-superexec"), "--runtime-api-address",
+            f"127.0.0.1:{supernode_port}", "--insecure"]
 
 
 def write_topics(path: Path, rows: int, topics: list[str], seed: int) -> Path:
@@ -100,10 +116,14 @@ class Loopback:
     started: Started
     fleet_port: int
 
-    def start_client(self, index: int, node_config: dict[str, str], name: str = "") -> None:
-        self.started.start(name or f"node-{index}", supernode_command(
+    def start_client(self, index: int, node_config: dict[str, str]) -> None:
+        """A registered SuperNode and the SuperExec that runs its ClientApps."""
+        port = free_port()
+        self.started.start(f"node-{index}", supernode_command(
             self.certs / "ca.crt", self.fleet_port, self.certs / f"node-{index}",
-            node_config, free_port()))
+            node_config, port))
+        wait_for_port(port)
+        self.started.start(f"clientapp-{index}", clientapp_executor_command(port))
 
     def submit(self, run_config: str, timeout: float = 900) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "pollen", "--stream",
@@ -129,6 +149,7 @@ def loopback(folder: Path, keys: int = 3, registered: int = 2) -> Iterator[Loopb
         started.start("superlink", superlink_command(certs, folder / "state.db", fleet, control))
         wait_for_port(control)
         wait_for_port(fleet)
+        started.start("serverapp", serverapp_executor_command(control, certs / "ca.crt"))
         subprocess.run(["bash", str(CERTS_SCRIPT), "register", "pollen",
                         *[str(certs / f"node-{i}.pub") for i in range(1, registered + 1)]],
                        check=True, capture_output=True, env=env, timeout=60)

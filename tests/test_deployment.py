@@ -1,8 +1,9 @@
 """Loopback deployment with TLS and SuperNode authentication, and the compose file's drift.
 
-The SuperLink, two SuperNodes (registered keys, each reading its own data file) and
-`flwr run` are real processes on 127.0.0.1; every process the test starts is stopped by
-PID with its descendants, also when the test fails.
+The SuperLink, the ServerApp's SuperExec, two SuperNodes (registered keys, each reading its
+own data file) with their ClientApps' SuperExecs, and `flwr run` are real processes on
+127.0.0.1, in the compose file's topology; every process the test starts is stopped by PID
+with its descendants, also when the test fails.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deployment import (NODE_CONFIG_KEYS, ROOT, flags, free_port, loopback,
+from tests.deployment import (NODE_CONFIG_KEYS, ROOT, clientapp_executor_command, flags,
+                              free_port, loopback, serverapp_executor_command,
                               superlink_command, supernode_command, write_topics)
 
 TINY_JOB = ("model='tiny-bert' lr=0.05 local-epochs=4 max-seq-len=16 num-server-rounds=2 "
@@ -94,7 +96,10 @@ def test_compose_file_uses_the_loopback_commands():
     tested_link = flags(superlink_command(Path("/c"), Path("/s/state.db"), 9092, 9093))
     link = flags(services["superlink"]["command"])
     assert link.keys() == tested_link.keys()
-    assert link["--isolation"] == "process"  # the ServerApp runs in its own container
+    assert link["--isolation"] == tested_link["--isolation"] == "process"
+    serverapp = flags(services["serverapp"]["command"])
+    assert serverapp.keys() == flags(serverapp_executor_command(9093, Path("/c/ca.crt"))).keys()
+    assert serverapp["--runtime-api-address"] == f"superlink:{link['--port']}"
     for flag in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile"):
         assert Path(link[flag]).name == Path(tested_link[flag]).name
         assert link[flag].startswith("/app/certificates/")
@@ -115,9 +120,10 @@ def test_compose_file_uses_the_loopback_commands():
         mounts = " ".join(services[name]["volumes"])
         assert node["--root-certificates"] in mounts
         assert node["--auth-supernode-private-key"] in mounts
+        assert node["--isolation"] == tested_node["--isolation"]
         app = services[name.replace("supernode", "clientapp")]
-        assert app["command"][:2] == ["--runtime-api-address", f"{name}:9094"]
-        assert node["--port"] == "9094"
+        assert flags(app["command"]).keys() == flags(clientapp_executor_command(9094)).keys()
+        assert flags(app["command"])["--runtime-api-address"] == f"{name}:{node['--port']}"
         data_path = dict(item.split("=") for item in node["--node-config"].split())["data-path"]
         assert any(data_path.strip("'") in v for v in app["volumes"])
         assert app["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
