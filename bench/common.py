@@ -19,8 +19,10 @@ RUNS = ROOT / "pollen-runs" / "bench"
 def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, list[dict], float]:
     """Run the app in Flower's simulation engine (Ray, one CPU per client).
 
-    Returns the run folder, its metrics rows and the wall time including Ray start-up.
+    Returns the run folder (``run_name`` plus the start time, so reruns never collide),
+    its metrics rows and the wall time including Ray start-up.
     """
+    run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     overrides = {"output-dir": str(RUNS), "run-name": run_name, **overrides}
     started = time.perf_counter()
     run_simulation(server_app=build_server_app(overrides), client_app=client_app,
