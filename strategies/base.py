@@ -55,8 +55,10 @@ class PollenFedAvg(FedAvg):
         self.kept_previous_global = False
 
     def summary(self) -> None:
-        log(INFO, "\t├──> Pollen: seed %d, client rotation %s", self.seed,
-            "on" if self.client_rotation else "off")
+        log(INFO, "\t├──> Pollen: seed %d, client rotation %s, min replies %d, "
+            "update-norm-limit %s", self.seed, "on" if self.client_rotation else "off",
+            self.min_replies,
+            f"{self.norm_limit:g} ({self.norm_action})" if self.norm_limit > 0 else "off")
         super().summary()
 
     def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
