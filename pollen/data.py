@@ -8,6 +8,8 @@ of the config: the server and every client compute the same one independently.
    split; no client ever trains on it.
 2. The rest, the pool, is partitioned with a flwr-datasets partitioner.
 3. Each partition is split into the client's local train and test splits.
+In deployment a client brings its own file instead (``client_file_split``): it is split
+into local train and test, its labels mapped to the class names of the server's dataset.
 
 Columns of table files (.csv, .tsv, .jsonl, .parquet):
 - label: the ``label-column`` key (default ``label``).
