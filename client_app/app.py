@@ -8,7 +8,7 @@ from flwr.clientapp import ClientApp
 from client_app.job import ClientJob
 from client_app.proximal import proximal_anchor, proximal_mu
 from pollen.adapters import travelling_state
-from pollen.records import ARRAYS_KEY, to_array_record
+from pollen.records import ARRAYS_KEY, GLOBAL_ROUND_KEY, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate as evaluate_model
 from pollen.training import make_loader, train as train_model
@@ -39,6 +39,8 @@ def train(msg: Message, context: Context) -> Message:
                          seed=seed)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds})
+    if GLOBAL_ROUND_KEY in msg.content["config"]:  # guided merging's round stamp
+        metrics[GLOBAL_ROUND_KEY] = int(msg.content["config"][GLOBAL_ROUND_KEY])
     return Message(content=RecordDict({ARRAYS_KEY: to_array_record(travelling_state(model)),
                                        "metrics": metrics}), reply_to=msg)
 

@@ -50,6 +50,22 @@ def travelling_state(model: nn.Module) -> dict[str, np.ndarray]:
             for name, tensor in state.items()}
 
 
+def travelling_module_names(model: nn.Module) -> dict[str, str]:
+    """Travelling tensor name -> the model's own parameter or buffer name.
+
+    peft names adapter tensors without the adapter name (``lora_A.weight`` for the
+    parameter ``lora_A.default.weight``); ``torch.func.functional_call`` needs the module
+    names. peft's state dict shares storage with the parameters, so storage identity gives
+    the mapping without re-implementing peft's renaming rules.
+    """
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model) if is_adapter_model(model) else model.state_dict()
+    by_storage = {tensor.data_ptr(): name for name, tensor in
+                  [*model.named_parameters(), *model.named_buffers()]}
+    return {name: by_storage[tensor.data_ptr()] for name, tensor in state.items()}
+
+
 def layout(state: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     return {name: tuple(array.shape) for name, array in state.items()}
 

@@ -20,6 +20,10 @@ from typing import Any
 PARTITIONER_NAMES = ("iid", "dirichlet", "pathological")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+DIGITS_SHIFTED = "digits-shifted"
+GUIDED_GRANULARITIES = ("vector", "tensor")
+# Strategies whose server trains on server-held data (``server-data-fraction``/``server-data``).
+SERVER_DATA_STRATEGIES = ("guided", "central")
 
 
 class ConfigError(ValueError):
@@ -65,6 +69,19 @@ class RunConfig:
     lr_theta: float = 1.0
     fedmerge_w_tensors: str = "head"
     fedmerge_w_step: str = "plain"
+    server_data_fraction: float = 0.0
+    server_data: str = ""
+    server_data_labeled: bool = True
+    server_data_holdout: float = 0.25
+    atlas_size: int = 10
+    max_staleness: int = 2
+    guided_granularity: str = "vector"
+    search_steps: int = 20
+    search_lr: float = 0.01
+    search_batch_size: int = 32
+    eviction_patience: int = 3
+    client_label_noise: float = 0.0
+    noisy_client_fraction: float = 1.0
     checkpoint_every: int = 1
     keep_checkpoints: int = 3
     resume: str = ""
@@ -144,6 +161,19 @@ class RunConfig:
         _at_least("num-global-models", self.num_global_models, 1)
         _choice("fedmerge-w-tensors", self.fedmerge_w_tensors, ("head", "all"))
         _choice("fedmerge-w-step", self.fedmerge_w_step, ("plain", "official"))
+        self._validate_server_data()
+        _at_least("atlas-size", self.atlas_size, 1)
+        _at_least("max-staleness", self.max_staleness, 0)
+        _choice("guided-granularity", self.guided_granularity, GUIDED_GRANULARITIES)
+        _at_least("search-steps", self.search_steps, 1)
+        _at_least("search-batch-size", self.search_batch_size, 1)
+        _at_least("eviction-patience", self.eviction_patience, 1)
+        if not self.search_lr > 0.0:
+            raise ConfigError(f"search-lr must be > 0, got {self.search_lr}")
+        for key, value in (("client-label-noise", self.client_label_noise),
+                           ("noisy-client-fraction", self.noisy_client_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
         _at_least("checkpoint-every", self.checkpoint_every, 1)
         _at_least("keep-checkpoints", self.keep_checkpoints, 1)
         _at_least("min-replies", self.min_replies, 1)
@@ -167,6 +197,46 @@ class RunConfig:
             raise ConfigError(f"run-name must be a plain folder name, got '{self.run_name}'")
         self._validate_dataset()
         self._validate_model()
+
+    @property
+    def has_server_data(self) -> bool:
+        return self.server_data_fraction > 0.0 or self.server_data_file is not None
+
+    @property
+    def server_data_file(self) -> Path | None:
+        """The server-data file, when ``server-data`` names one."""
+        if self.server_data in ("", DIGITS_SHIFTED):
+            return None
+        return Path(self.server_data).expanduser()
+
+    def _validate_server_data(self) -> None:
+        """The hybrid setting: what the server holds, checked before any data is read."""
+        if not (self.server_data_fraction == 0.0 or 0.0 < self.server_data_fraction < 1.0):
+            raise ConfigError("server-data-fraction must be in (0, 1), or 0 for no server-held "
+                              f"data; got {self.server_data_fraction}")
+        if not 0.0 < self.server_data_holdout < 1.0:
+            raise ConfigError(f"server-data-holdout must be in (0, 1), got "
+                              f"{self.server_data_holdout}")
+        file = self.server_data_file
+        if file is not None:
+            if file.suffix.lower() not in TABLE_SUFFIXES:
+                raise ConfigError(f"unknown server-data '{self.server_data}': use '' (the held-out "
+                                  f"share of the pool), '{DIGITS_SHIFTED}' or a path to a "
+                                  f"{'/'.join(TABLE_SUFFIXES)} file")
+            if not file.is_file():
+                raise ConfigError(f"server-data file not found: {file}")
+        elif self.server_data_fraction == 0.0 and self.server_data:
+            raise ConfigError(f"server-data '{self.server_data}' transforms the held-out share "
+                              "of the pool: set server-data-fraction in (0, 1)")
+        if self.server_data == DIGITS_SHIFTED and self.dataset != "digits":
+            raise ConfigError(f"server-data '{DIGITS_SHIFTED}' needs dataset 'digits', got "
+                              f"'{self.dataset}'")
+        if self.strategy in SERVER_DATA_STRATEGIES and not self.has_server_data:
+            raise ConfigError(f"strategy '{self.strategy}' needs server-held data: set "
+                              "server-data-fraction in (0, 1) or server-data to a file")
+        if self.strategy == "central" and not self.server_data_labeled:
+            raise ConfigError("strategy 'central' trains on the server's labels: it needs "
+                              "server-data-labeled = true")
 
     def _validate_dataset(self) -> None:
         if self.dataset == "digits" or self.dataset.startswith("hf:"):

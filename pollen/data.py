@@ -6,8 +6,13 @@ of the config: the server and every client compute the same one independently.
 
 1. ``server_test_fraction`` of the examples (stratified by label) is the server's test
    split; no client ever trains on it.
-2. The rest, the pool, is partitioned with a flwr-datasets partitioner.
-3. Each partition is split into the client's local train and test splits.
+2. Hybrid setting (``server-data-fraction`` > 0): a stratified share of the rest is the
+   server's own training data, held out before partitioning (``pollen.server_data``
+   turns it into D_s); no client sees it.
+3. The rest, the pool, is partitioned with a flwr-datasets partitioner.
+4. Each partition is split into the client's local train and test splits; with
+   ``client-label-noise``, the train split of each noisy client has that share of its
+   labels flipped to another class (``noisy_clients`` says which clients).
 In deployment a client brings its own file instead (``client_file_split``): it is split
 into local train and test, its labels mapped to the class names of the server's dataset.
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +47,7 @@ from flwr_datasets.partitioner import (
 from flwr_datasets.partitioner.partitioner import Partitioner
 
 from pollen.config import TABLE_SUFFIXES, ConfigError, RunConfig
+from pollen.seeding import derive_seed
 
 datasets.disable_progress_bars()
 
@@ -56,6 +63,7 @@ class TaskData:
     server_test: datasets.Dataset
     label_names: tuple[str, ...]
     modality: str  # "image" (column pixels) or "text" (column text)
+    server_held: datasets.Dataset | None = None  # the hybrid setting's server share
 
     @property
     def num_classes(self) -> int:
@@ -64,19 +72,20 @@ class TaskData:
 
 def load_task(config: RunConfig) -> TaskData:
     return _load_task(config.dataset, config.text_column, config.label_column,
-                      config.server_test_fraction, config.seed)
+                      config.server_test_fraction, config.server_data_fraction, config.seed)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_task(dataset: str, text_column: str, label_column: str,
-               server_test_fraction: float, seed: int) -> TaskData:
+               server_test_fraction: float, server_data_fraction: float,
+               seed: int) -> TaskData:
     if dataset == "digits":
         table, modality = _digits(), "image"
     elif dataset.startswith("hf:"):
-        table, modality = _normalise(_from_hub(dataset[3:]), text_column, label_column,
+        table, modality = normalise_table(_from_hub(dataset[3:]), text_column, label_column,
                                      dataset), "text"
     else:
-        table, modality = _normalise(_read_table(Path(dataset).expanduser(), label_column),
+        table, modality = normalise_table(read_table(Path(dataset).expanduser(), label_column),
                                      text_column, label_column, dataset), "text"
     label_names = tuple(table.features["label"].names)
     if len(table) < 2 * len(label_names):
@@ -84,7 +93,18 @@ def _load_task(dataset: str, text_column: str, label_column: str,
                           f"out a server test split for {len(label_names)} classes")
     split = table.train_test_split(test_size=server_test_fraction, seed=seed,
                                    stratify_by_column="label")
-    return TaskData(split["train"], split["test"], label_names, modality)
+    if server_data_fraction == 0.0:
+        return TaskData(split["train"], split["test"], label_names, modality)
+    held = round(server_data_fraction * len(split["train"]))
+    if held < len(label_names) or len(split["train"]) - held < len(label_names):
+        raise ConfigError(
+            f"server-data-fraction {server_data_fraction} of the {len(split['train'])}-example "
+            f"pool holds {held} example(s): the server set would be empty or miss classes "
+            f"(a stratified share needs at least {len(label_names)}, one per class, and must "
+            "leave as many to the clients)")
+    hybrid = split["train"].train_test_split(test_size=held, seed=seed,
+                                             stratify_by_column="label")
+    return TaskData(hybrid["train"], split["test"], label_names, modality, hybrid["test"])
 
 
 def client_split(task: TaskData, config: RunConfig, partition_id: int,
@@ -103,7 +123,35 @@ def client_split(task: TaskData, config: RunConfig, partition_id: int,
         )
     split = partition.train_test_split(test_size=config.local_test_fraction,
                                        seed=config.seed + partition_id)
-    return split["train"], split["test"]
+    train = split["train"]
+    if config.client_label_noise > 0 and partition_id in noisy_clients(config, num_partitions):
+        train = _flip_labels(train, config.client_label_noise, task.num_classes,
+                             derive_seed(config.seed, "label-noise", partition_id))
+    return train, split["test"]
+
+
+def noisy_clients(config: RunConfig, num_partitions: int) -> list[int]:
+    """Partition ids whose train labels are corrupted: a seeded sample of
+    round(noisy-client-fraction x clients), none when client-label-noise is 0."""
+    if config.client_label_noise == 0:
+        return []
+    count = round(config.noisy_client_fraction * num_partitions)
+    return sorted(random.Random(derive_seed(config.seed, "noisy-clients"))
+                  .sample(range(num_partitions), count))
+
+
+def _flip_labels(split: datasets.Dataset, noise: float, num_classes: int,
+                 seed: int) -> datasets.Dataset:
+    """round(noise x n) labels, chosen at random, each moved to a uniformly drawn other
+    class (symmetric label noise)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split["label"], dtype=np.int64)
+    flipped = rng.choice(len(labels), size=round(noise * len(labels)), replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))
+                       ) % num_classes
+    features = split.features.copy()
+    return split.remove_columns("label").add_column("label", labels.tolist(),
+                                                    feature=features["label"])
 
 
 def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
@@ -114,7 +162,11 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
     if file.suffix.lower() not in TABLE_SUFFIXES or not file.is_file():
         raise ConfigError(f"data-path {file} is not a {'/'.join(TABLE_SUFFIXES)} file that "
                           "exists on this client")
-    table = _normalise(_read_table(file, config.label_column), config.text_column,
+    if config.client_label_noise > 0:
+        raise ConfigError("client-label-noise corrupts partitions of the run's dataset in "
+                          "simulation; a client with its own data-path uses its labels as "
+                          "they are: set client-label-noise = 0")
+    table = normalise_table(read_table(file, config.label_column), config.text_column,
                        config.label_column, str(file), label_names)
     if len(table) < MIN_CLIENT_EXAMPLES:
         raise ConfigError(f"data-path {file} holds {len(table)} example(s); a client needs "
@@ -177,7 +229,8 @@ def _from_hub(dataset_id: str) -> pd.DataFrame:
                           f"{type(error).__name__}: {error}") from error
 
 
-def _read_table(path: Path, label_column: str) -> pd.DataFrame:
+def read_table(path: Path, label_column: str, header_names: tuple[str, ...] = ()
+               ) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         delimiter = "\t" if suffix == ".tsv" else ","
@@ -185,7 +238,7 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
             first_row = next(csv.reader(handle, delimiter=delimiter), None)
         if first_row is None:
             raise ConfigError(f"dataset file is empty: {path}")
-        if label_column in first_row:
+        if label_column in first_row or set(header_names) & set(first_row):
             return pd.read_csv(path, sep=delimiter, keep_default_na=False)
         if label_column != DEFAULT_LABEL_COLUMN:
             raise ConfigError(f"label column '{label_column}' not found in {path}; its first "
@@ -202,7 +255,7 @@ def _read_table(path: Path, label_column: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _normalise(frame: pd.DataFrame, text_column: str, label_column: str, source: str,
+def normalise_table(frame: pd.DataFrame, text_column: str, label_column: str, source: str,
                label_names: tuple[str, ...] | None = None) -> datasets.Dataset:
     """Reduce a table to (text, label) with labels mapped to 0..C-1: in sorted order, or
     to their position in ``label_names`` when the run's labels are already known."""
@@ -211,6 +264,16 @@ def _normalise(frame: pd.DataFrame, text_column: str, label_column: str, source:
     if label_column not in columns:
         raise ConfigError(f"label column '{label_column}' not found in {source}; "
                           f"its columns are: {', '.join(columns)}")
+    text = text_of(frame, text_column, label_column, source)
+    raw_labels = [str(v) for v in frame[label_column].tolist()]
+    return _labels_to_dataset(text, raw_labels, label_column, source, label_names)
+
+
+def text_of(frame: pd.DataFrame, text_column: str, label_column: str,
+            source: str) -> pd.Series:
+    """One string per row, from the table's text columns (see "Columns" above)."""
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
     if text_column:
         text_columns = [c.strip() for c in text_column.split(",")]
         missing = [c for c in text_columns if c not in columns]
@@ -225,8 +288,11 @@ def _normalise(frame: pd.DataFrame, text_column: str, label_column: str, source:
         raise ConfigError(f"{source} has no text column besides label '{label_column}'")
     if len(frame) == 0:
         raise ConfigError(f"{source} holds no rows")
-    text = frame[text_columns].astype(str).agg(". ".join, axis=1)
-    raw_labels = [str(v) for v in frame[label_column].tolist()]
+    return frame[text_columns].astype(str).agg(". ".join, axis=1)
+
+
+def _labels_to_dataset(text: pd.Series, raw_labels: list[str], label_column: str,
+                       source: str, label_names: tuple[str, ...] | None) -> datasets.Dataset:
     if label_names is None:
         label_names = tuple(sorted(set(raw_labels), key=_label_sort_key))
         if len(label_names) < 2:

@@ -10,6 +10,9 @@ from flwr.app import Array, ArrayRecord, RecordDict
 # ArrayRecord keys of train messages: the model to train, and (FedRef) the proximal anchor.
 ARRAYS_KEY = "arrays"
 REFERENCE_KEY = "reference"
+# Train config key -> reply metric (guided merging): the index of the global model the
+# client started from (0 = the initial model; round r sends global r-1).
+GLOBAL_ROUND_KEY = "global-round"
 # Config key of every message: the run's class names, so that a client reading its own
 # file (deployment) maps labels exactly as the server does.
 LABEL_NAMES_KEY = "label-names"

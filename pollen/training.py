@@ -57,10 +57,15 @@ def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor],
-            device: torch.device) -> torch.Tensor:
+def logits_of(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+              params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The model's logits on a batch; with ``params`` (module names -> tensors), through
+    ``torch.func.functional_call`` with those tensors in place of the module's own."""
     features = {k: v.to(device) for k, v in batch.items() if k != "label"}
-    output = model(**features)
+    if params is None:
+        output = model(**features)
+    else:
+        output = torch.func.functional_call(model, params, args=(), kwargs=features)
     return output.logits if hasattr(output, "logits") else output
 
 
@@ -101,7 +106,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
         for batch in loader:
             labels = batch["label"].to(device)
             with autocast(device):
-                loss = criterion(_logits(model, batch, device).float(), labels)
+                loss = criterion(logits_of(model, batch, device).float(), labels)
             objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -121,7 +126,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Eval
     for batch in loader:
         labels = batch["label"].to(device)
         with autocast(device):
-            logits = _logits(model, batch, device).float()
+            logits = logits_of(model, batch, device).float()
         total_loss += criterion(logits, labels).item()
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         count += len(labels)

@@ -25,6 +25,7 @@ from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
 from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
 from pollen.seeding import seed_everything
+from pollen.server_data import load_server_data
 from pollen.training import evaluate, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
@@ -62,18 +63,24 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     check_strategy_name(config.strategy)
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
-    run_record = {**config.to_mapping(), LABEL_NAMES_KEY: list(load_task(config).label_names)}
+    task = load_task(config)
+    server_data = load_server_data(config, task) if config.has_server_data else None
+    if server_data is not None:
+        log(INFO, "server data: %d examples (%s), %s", len(server_data), server_data.source,
+            "labeled" if server_data.labeled else "unlabeled")
+    run_record = {**config.to_mapping(), LABEL_NAMES_KEY: list(task.label_names)}
     directory = ClientDirectory(run_record, timeout=config.round_timeout)
     directory.wait_for(grid, config.min_clients)
     # In simulation every node holds one partition of the pool.
-    check_enough_examples(load_task(config), len(list(grid.get_node_ids())))
+    check_enough_examples(task, len(list(grid.get_node_ids())))
     directory.refresh(grid, min_nodes=config.min_clients, strict=True)
     clients = directory.clients()
     log(INFO, "%d clients: %s", len(clients),
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
 
     initial = to_array_record(travelling_state(evaluator.model))
-    strategy = build_strategy(config, directory, initial, evaluator.model)
+    strategy = build_strategy(config, directory, initial, evaluator.model, server_data,
+                              task.modality)
     strategy.summary()
     if checkpoint is None:
         outputs, first_round = RunOutputs.create(config), 1

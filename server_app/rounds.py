@@ -64,10 +64,12 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
 
     train_messages = list(strategy.configure_train(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
-    train_replies = list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
+    train_replies = (list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
+                     if train_messages else [])  # the server-only baseline sends none
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
     kept_previous_global = strategy.kept_previous_global
+    strategy_fields = strategy.round_metrics()
 
     eval_messages = list(strategy.configure_evaluate(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
@@ -120,6 +122,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
                 if k not in _CLIENT_TRAIN_KEYS})
     row.update({k: float(v) for k, v in (eval_metrics or {}).items()
                 if k not in _CLIENT_EVAL_KEYS})
+    row.update(strategy_fields)
     log(INFO, "[round %d/%d] global accuracy %.4f (server test) | clients %s | "
         "train loss %s | %d replies, %d failures | %.1fs", server_round,
         config.num_server_rounds, row["eval_accuracy"],

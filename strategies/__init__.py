@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import datasets
 from flwr.app import ArrayRecord
 from torch import nn
 
 from pollen.config import ConfigError, RunConfig
+from pollen.server_data import ServerData
+from pollen.training import torch_dataset
+from strategies.atlas import ModelAtlas
 from strategies.base import PollenFedAvg
+from strategies.central import Central
+from strategies.coefficient_search import CoefficientSearch
 from strategies.directory import ClientDirectory
 from strategies.fedavg import FedAvg
 from strategies.fedmerge import FedMerge, initial_global_models
 from strategies.fedprox import FedProx
 from strategies.fedref import FedRef
+from strategies.guided import GuidedMerge
 
 STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx,
-                                             "fedref": FedRef, "fedmerge": FedMerge}
+                                             "fedref": FedRef, "fedmerge": FedMerge,
+                                             "guided": GuidedMerge, "central": Central}
 
 
 def check_strategy_name(name: str) -> None:
@@ -23,10 +31,12 @@ def check_strategy_name(name: str) -> None:
 
 
 def build_strategy(config: RunConfig, directory: ClientDirectory,
-                   initial_arrays: ArrayRecord, template: nn.Module | None) -> PollenFedAvg:
+                   initial_arrays: ArrayRecord, template: nn.Module | None,
+                   server_data: ServerData | None = None, modality: str = "") -> PollenFedAvg:
     """The configured strategy; ``template`` is the server's model (same architecture and
     frozen weights as the clients'), needed by strategies that initialise several models
-    (fedmerge)."""
+    (fedmerge) or run it on the server's data ``server_data`` (guided, central), whose
+    examples are of ``modality``."""
     check_strategy_name(config.strategy)
     common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
                   fraction_train=config.fraction_train,
@@ -50,4 +60,24 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
                                                 config.seed),
             mu=config.fedmerge_mu, lr_w=config.lr_w, lr_theta=config.lr_theta,
             w_tensors=config.fedmerge_w_tensors, w_step=config.fedmerge_w_step, **common)
+    if config.strategy in ("guided", "central"):
+        if template is None or server_data is None:
+            raise ValueError(f"{config.strategy} needs the server's model and its data")
+        device = next(template.parameters()).device
+
+        def convert(split: datasets.Dataset) -> datasets.Dataset:
+            return torch_dataset(split, modality, config.model, config.max_seq_len)
+
+        if config.strategy == "central":
+            everything = datasets.concatenate_datasets([server_data.search, server_data.holdout])
+            return Central(model=template, server_set=convert(everything),
+                           epochs=config.local_epochs, lr=config.lr,
+                           batch_size=config.batch_size, **common)
+        search = CoefficientSearch(
+            template, convert(server_data.search), convert(server_data.holdout),
+            labeled=server_data.labeled, granularity=config.guided_granularity,
+            steps=config.search_steps, lr=config.search_lr,
+            batch_size=config.search_batch_size, device=device)
+        atlas = ModelAtlas(config.atlas_size, config.max_staleness, config.eviction_patience)
+        return GuidedMerge(search=search, atlas=atlas, **common)
     return STRATEGIES[config.strategy](**common)

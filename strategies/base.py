@@ -150,6 +150,10 @@ class PollenFedAvg(FedAvg):
         """Extra records for this round, by output file name (one JSON line each)."""
         return {}
 
+    def round_metrics(self) -> dict:
+        """JSON-able fields this round adds to its metrics row (after ``aggregate_train``)."""
+        return {}
+
     def final_models(self) -> dict[str, dict[str, np.ndarray]]:
         """Models to save at the end of the run, by folder relative to the run folder."""
         return {"model": from_array_record(self.global_arrays)}

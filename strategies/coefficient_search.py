@@ -1,0 +1,172 @@
+"""Guided merging's server step: search merging coefficients on the server's data D_s.
+
+With the atlas's updates a_1..a_M (sample counts n_m, p_m = n_m / sum n) and the current
+global w:
+
+    anchors       a_m_hat = a_m / ||a_m||                 (granularity "vector")
+                  a_m,l_hat = a_m,l / ||a_m,l||           (granularity "tensor": per tensor l)
+    merge         w(c) = w + sum_m c_m a_m_hat            (c_m,l per tensor with "tensor")
+    start         c_m = p_m ||a_m||  =>  w(c) = w + sum_m p_m a_m, the plain average
+    search        c* = argmin_c L_s(w(c)) with Adam, ``steps`` mini-batches of the search
+                  part of D_s; c may turn negative; only c is optimised.
+    fallback      on the held-out part of D_s, keep w(c*) only if its loss is below the
+                  plain average's; otherwise the plain average is the new global.
+
+L_s is cross-entropy when D_s is labeled, else the mean prediction entropy
+(entropy minimisation: our reading of the paper's surrogate loss, methods.md §1).
+
+The paper's start is c_m = ||a_m|| / M; we weight by p_m so that the start is exactly
+Flower's sample-weighted FedAvg (the two agree when clients hold equal amounts of data).
+
+The model is evaluated with ``torch.func.functional_call``: its frozen weights are used as
+they are and the travelling tensors are replaced by w(c), so gradients reach only c.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pollen.adapters import travelling_module_names
+from pollen.device import autocast
+from pollen.training import logits_of, make_loader
+
+Tensors = dict[str, np.ndarray]
+
+
+def server_loss(logits: torch.Tensor, labels: torch.Tensor, labeled: bool) -> torch.Tensor:
+    """Cross-entropy, or without labels the mean entropy of the predicted distribution."""
+    if labeled:
+        return F.cross_entropy(logits, labels)
+    log_probs = F.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1).mean()
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    merged: Tensors  # the new global: the searched merge, or the plain average
+    plain_average: Tensors
+    coefficients: np.ndarray  # c*, shape (M,) or (M, L)
+    start_coefficients: np.ndarray
+    search_loss_before: float  # L_s on the whole search part, at the start (plain average)
+    search_loss_after: float  # ... at c*
+    holdout_loss_average: float
+    holdout_loss_searched: float
+    holdout_accuracy_average: float | None  # None when D_s is unlabeled
+    holdout_accuracy_searched: float | None
+    fallback: bool  # the plain average won on the held-out part
+    seconds: float
+
+
+class CoefficientSearch:
+    def __init__(self, model: nn.Module, search_set: datasets.Dataset,
+                 holdout_set: datasets.Dataset, *, labeled: bool, granularity: str,
+                 steps: int, lr: float, batch_size: int, device: torch.device) -> None:
+        self.model, self.labeled, self.granularity = model, labeled, granularity
+        self.steps, self.lr, self.batch_size = steps, lr, batch_size
+        self.device = device
+        self.search_set, self.holdout_set = search_set, holdout_set
+        self.module_names = travelling_module_names(model)
+
+    def merge(self, base: Tensors, updates: list[Tensors], num_examples: list[int],
+              seed: int) -> MergeOutcome:
+        started = time.perf_counter()
+        names = sorted(base)
+        weights = np.asarray(num_examples, dtype=np.float64) / sum(num_examples)
+        plain = {n: (base[n].astype(np.float64) + sum(p * u[n].astype(np.float64)
+                                                      for p, u in zip(weights, updates)))
+                 .astype(np.float32) for n in names}
+        anchors, start = self._anchors(names, updates, weights)
+        coefficients = torch.tensor(start, dtype=torch.float32, device=self.device,
+                                    requires_grad=True)
+        base_t = {n: torch.as_tensor(base[n], device=self.device) for n in names}
+
+        def merged_params(c: torch.Tensor) -> dict[str, torch.Tensor]:
+            params = {}
+            for i, n in enumerate(names):
+                column = c if c.dim() == 1 else c[:, i]
+                params[self.module_names[n]] = base_t[n] + torch.tensordot(
+                    column, anchors[n], dims=1)
+            return params
+
+        self.model.eval()
+        with torch.no_grad():
+            loss_before = self._mean_loss(merged_params(coefficients), self.search_set)[0]
+        optimizer = torch.optim.Adam([coefficients], lr=self.lr)
+        for batch in self._batches(seed):
+            with autocast(self.device):
+                logits = logits_of(self.model, batch, self.device,
+                                   merged_params(coefficients)).float()
+            loss = server_loss(logits, batch["label"].to(self.device), self.labeled)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            searched_params = merged_params(coefficients)
+            loss_after = self._mean_loss(searched_params, self.search_set)[0]
+            holdout_searched = self._mean_loss(searched_params, self.holdout_set)
+            holdout_average = self._mean_loss(
+                {self.module_names[n]: torch.as_tensor(plain[n], device=self.device)
+                 for n in names}, self.holdout_set)
+            searched = {n: searched_params[self.module_names[n]].detach().to(
+                "cpu", torch.float32).numpy().copy() for n in names}
+        fallback = not holdout_searched[0] < holdout_average[0]
+        return MergeOutcome(
+            merged=plain if fallback else searched, plain_average=plain,
+            coefficients=coefficients.detach().cpu().numpy().astype(np.float64),
+            start_coefficients=start, search_loss_before=loss_before,
+            search_loss_after=loss_after, holdout_loss_average=holdout_average[0],
+            holdout_loss_searched=holdout_searched[0],
+            holdout_accuracy_average=holdout_average[1],
+            holdout_accuracy_searched=holdout_searched[1], fallback=fallback,
+            seconds=time.perf_counter() - started)
+
+    def _anchors(self, names: list[str], updates: list[Tensors], weights: np.ndarray
+                 ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        """Normalised anchors stacked per tensor (M, *shape), and the start coefficients."""
+        tensor_norms = np.array([[np.linalg.norm(u[n].astype(np.float64)) for n in names]
+                                 for u in updates])  # (M, L)
+        if self.granularity == "vector":
+            norms = np.sqrt((tensor_norms ** 2).sum(axis=1))  # (M,)
+            divisors = np.repeat(norms[:, None], len(names), axis=1)
+            start = weights * norms
+        else:
+            divisors = np.where(tensor_norms > 0, tensor_norms, 1.0)
+            start = weights[:, None] * tensor_norms
+        anchors = {n: torch.as_tensor(np.stack([u[n].astype(np.float64) / divisors[m, i]
+                                                for m, u in enumerate(updates)]),
+                                      dtype=torch.float32, device=self.device)
+                   for i, n in enumerate(names)}
+        return anchors, start
+
+    def _batches(self, seed: int):
+        """``steps`` mini-batches of the search part, reshuffled (seeded) at each pass."""
+        done, epoch = 0, 0
+        while True:
+            loader = make_loader(self.search_set, self.batch_size, shuffle=True,
+                                 seed=seed + epoch)
+            for batch in loader:
+                if done == self.steps:
+                    return
+                yield batch
+                done += 1
+            epoch += 1
+
+    def _mean_loss(self, params: dict[str, torch.Tensor], split: datasets.Dataset
+                   ) -> tuple[float, float | None]:
+        """Mean L_s over a split (and accuracy when labeled), one pass, no gradients."""
+        total, correct, count = 0.0, 0, 0
+        for batch in make_loader(split, self.batch_size, shuffle=False, seed=0):
+            labels = batch["label"].to(self.device)
+            with autocast(self.device):
+                logits = logits_of(self.model, batch, self.device, params).float()
+            total += server_loss(logits, labels, self.labeled).item() * len(labels)
+            correct += (logits.argmax(dim=-1) == labels).sum().item()
+            count += len(labels)
+        return total / count, (correct / count if self.labeled else None)

@@ -1,0 +1,153 @@
+"""Guided model merging for hybrid data (Zhu et al., arXiv 2503.20138), as
+../shared/docs/methods.md §1 reads it.
+
+Clients train from the global model as in FedAvg and say which global they started
+from (their train reply's ``global-round`` metric echoes the message's). The server turns
+each valid reply into an update a_k = w_k - w_tau(k) against the global it started from,
+keeps the updates in a model atlas (``atlas.py``: size, staleness, eviction), searches
+merging coefficients on its own data D_s (``coefficient_search.py``: anchors, Adam on c,
+fallback to the plain average on held-out D_s) and sends the result to the next round's
+clients.
+
+Rounds without enough valid replies (``min-replies``) keep the previous global and do not
+search. Replies without a stamp, or stamped with a global the server no longer keeps
+(older than ``max-staleness`` rounds), are rejected like any invalid reply.
+
+Every round's metrics row gains ``guided_*`` fields: the coefficients (per atlas entry,
+with its client and round stamp), whether the fallback won, the atlas departures, the
+server-data loss before/after the search and both candidates' held-out loss (and
+accuracy, with labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from pollen.records import ARRAYS_KEY, GLOBAL_ROUND_KEY, from_array_record, to_array_record
+from pollen.seeding import derive_seed
+from strategies.atlas import AtlasEntry, ModelAtlas
+from strategies.base import PollenFedAvg, StrategyState
+from strategies.coefficient_search import CoefficientSearch
+
+
+class GuidedMerge(PollenFedAvg):
+    def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.search, self.atlas = search, atlas
+        # Globals that atlas updates may have started from, by index (0 = initial).
+        self.globals: dict[int, dict[str, np.ndarray]] = {0: from_array_record(self.global_arrays)}
+        self.arrivals: list[AtlasEntry] = []
+        self.metrics_fields: dict = {}
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> Guided merging: atlas size %d, max staleness %d, eviction after "
+            "%d searches with c <= 0, %s coefficients, %d search steps (lr %g, batch %d) on "
+            "%d %s server examples + %d held out", self.atlas.size, self.atlas.max_staleness,
+            self.atlas.patience, "per-tensor" if self.search.granularity == "tensor"
+            else "per-update", self.search.steps, self.search.lr, self.search.batch_size,
+            len(self.search.search_set), "labeled" if self.search.labeled else "unlabeled",
+            len(self.search.holdout_set))
+        super().summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[GLOBAL_ROUND_KEY] = server_round - 1
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def accepted(self, replies: Iterable[Message]) -> list[Message]:
+        """Base validation, then the round stamp: it must name a global the server keeps."""
+        kept, self.arrivals = [], []
+        for reply in super().accepted(replies):
+            if not reply.has_error():
+                node = reply.metadata.src_node_id
+                client = self.directory.client_of(node).client_id
+                stamp = reply.content["metrics"].get(GLOBAL_ROUND_KEY)
+                if stamp is None or int(stamp) not in self.globals:
+                    self.rejected[node] = (f"client {client}: reply stamped with global "
+                                           f"{stamp}, which the server does not keep (it "
+                                           f"keeps {sorted(self.globals)})")
+                    continue
+                stamp = int(stamp)
+                tensors = from_array_record(reply.content[ARRAYS_KEY])
+                self.arrivals.append(AtlasEntry(
+                    client, stamp, int(reply.content["metrics"][self.weighted_by_key]),
+                    {n: tensors[n] - self.globals[stamp][n] for n in tensors}))
+            kept.append(reply)
+        if len(self.arrivals) < self.min_replies:
+            self.kept_previous_global = True
+            return []
+        return kept
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        base = self.globals[server_round - 1]
+        fedavg, metrics = super().aggregate_train(server_round, replies)
+        if metrics is not None:
+            metrics.pop(GLOBAL_ROUND_KEY, None)
+        self.metrics_fields = {}
+        if fedavg is not None:
+            self._merge(server_round, base)
+        self.globals[server_round] = from_array_record(self.global_arrays)
+        self.globals = {r: g for r, g in self.globals.items()
+                        if server_round - r <= self.atlas.max_staleness}
+        return (self.global_arrays if fedavg is not None else None), metrics
+
+    def _merge(self, server_round: int, base: dict[str, np.ndarray]) -> None:
+        departed = []
+        for entry in self.arrivals:
+            departed += self.atlas.admit(entry)
+        departed += self.atlas.drop_stale(server_round - 1)
+        entries = list(self.atlas.entries)
+        outcome = self.search.merge(base, [e.update for e in entries],
+                                    [e.num_examples for e in entries],
+                                    seed=derive_seed(self.seed, "guided-search", server_round))
+        departed += self.atlas.record_search(outcome.coefficients)
+        self.global_arrays = to_array_record(outcome.merged)
+        log(INFO, "guided merge: %d atlas entries, held-out loss %.4f searched vs %.4f "
+            "average -> %s", len(entries), outcome.holdout_loss_searched,
+            outcome.holdout_loss_average, "average (fallback)" if outcome.fallback
+            else "searched")
+        self.metrics_fields = {
+            "guided_coefficients": [
+                {"client": e.client_id, "round": e.round,
+                 "start": np.round(start, 6).tolist(), "c": np.round(c, 6).tolist()}
+                for e, start, c in zip(entries, outcome.start_coefficients,
+                                       outcome.coefficients)],
+            "guided_fallback": outcome.fallback,
+            "guided_departed": departed,
+            "guided_search_loss_before": outcome.search_loss_before,
+            "guided_search_loss_after": outcome.search_loss_after,
+            "guided_holdout_loss_average": outcome.holdout_loss_average,
+            "guided_holdout_loss_searched": outcome.holdout_loss_searched,
+            "guided_holdout_accuracy_average": outcome.holdout_accuracy_average,
+            "guided_holdout_accuracy_searched": outcome.holdout_accuracy_searched,
+            "guided_atlas_size": len(entries),
+            "guided_search_seconds": outcome.seconds,
+        }
+
+    def round_metrics(self) -> dict:
+        return self.metrics_fields
+
+    def state_dict(self) -> StrategyState:
+        state = super().state_dict()
+        atlas_tensors, atlas_meta = self.atlas.state()
+        state["tensors"].update(atlas_tensors)
+        for index, model in self.globals.items():
+            state["tensors"].update({f"globals/{index}/{k}": v for k, v in model.items()})
+        state["meta"].update(atlas=atlas_meta, globals=sorted(self.globals))
+        return state
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        super().load_state_dict(state)
+        self.atlas.load(state["tensors"], state["meta"]["atlas"])
+        self.globals = {}
+        for index in state["meta"]["globals"]:
+            prefix = f"globals/{index}/"
+            self.globals[index] = {k[len(prefix):]: np.asarray(v)
+                                   for k, v in state["tensors"].items() if k.startswith(prefix)}
