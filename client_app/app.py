@@ -41,7 +41,8 @@ def train(msg: Message, context: Context) -> Message:
                             "train_seconds": result.seconds})
     if GLOBAL_ROUND_KEY in msg.content["config"]:  # guided merging's round stamp
         metrics[GLOBAL_ROUND_KEY] = int(msg.content["config"][GLOBAL_ROUND_KEY])
-    return Message(content=RecordDict({ARRAYS_KEY: to_array_record(travelling_state(model)),
+    return Message(content=RecordDict({ARRAYS_KEY: to_array_record(travelling_state(model),
+                                                                   config.wire_dtype),
                                        "metrics": metrics}), reply_to=msg)
 
 

@@ -6,8 +6,11 @@
 #       OUT_DIR/ca.crt, ca.key                the deployment's own certificate authority
 #       OUT_DIR/superlink.crt, superlink.key  the SuperLink's TLS certificate, signed by the
 #                                             CA, valid for localhost, 127.0.0.1, the compose
-#                                             service name "superlink" and every extra SAN
-#                                             given (e.g. DNS:fl.example.org IP:10.0.0.5)
+#                                             service names "superlink" and "registry" (the
+#                                             adapter registry serves the same certificate)
+#                                             and every extra SAN given (e.g.
+#                                             DNS:fl.example.org IP:10.0.0.5)
+#       OUT_DIR/registry-token                the adapter registry's publish token
 #       OUT_DIR/node-<i>, node-<i>.pub        SuperNode key pairs (ECDSA P-384, OpenSSH
 #                                             format, as flower-supernode and flwr expect)
 #   deploy/pollen-certs.sh register CONNECTION PUBLIC_KEY ...
@@ -21,7 +24,7 @@ make_certs() {
   local out=$1 nodes=$2; shift 2
   [[ $nodes =~ ^[0-9]+$ ]] || { echo "NUM_NODES must be a number, got '$nodes'" >&2; exit 2; }
   mkdir -p "$out"
-  local sans="DNS:localhost,IP:127.0.0.1,DNS:superlink"
+  local sans="DNS:localhost,IP:127.0.0.1,DNS:superlink,DNS:registry"
   for san in "$@"; do
     [[ $san == DNS:* || $san == IP:* ]] || { echo "a SAN must start with DNS: or IP:, got '$san'" >&2; exit 2; }
     sans="$sans,$san"
@@ -34,13 +37,14 @@ make_certs() {
     -CAcreateserial -days 365 -sha256 -out "$out/superlink.crt" \
     -extfile <(printf "subjectAltName=%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n" "$sans") 2>/dev/null
   rm -f "$out/superlink.csr" "$out/ca.srl"
+  [[ -s "$out/registry-token" ]] || openssl rand -hex 32 > "$out/registry-token"
   for ((i = 1; i <= nodes; i++)); do
     rm -f "$out/node-$i" "$out/node-$i.pub"
     ssh-keygen -q -t ecdsa -b 384 -N "" -C "pollen-node-$i" -f "$out/node-$i"
   done
-  chmod 600 "$out"/*.key "$out"/node-* 2>/dev/null || true
+  chmod 600 "$out"/*.key "$out"/node-* "$out/registry-token" 2>/dev/null || true
   chmod 644 "$out"/*.crt "$out"/node-*.pub
-  echo "wrote $out: ca.crt, superlink.crt/.key (SANs $sans), $nodes SuperNode key pair(s)"
+  echo "wrote $out: ca.crt, superlink.crt/.key (SANs $sans), registry-token, $nodes SuperNode key pair(s)"
 }
 
 register() {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 PARTITIONER_NAMES = ("iid", "dirichlet", "pathological")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
+WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")  # pollen.wire.ENCODINGS
 DIGITS_SHIFTED = "digits-shifted"
 GUIDED_GRANULARITIES = ("vector", "tensor")
 # Strategies whose server trains on server-held data (``server-data-fraction``/``server-data``).
@@ -88,6 +90,9 @@ class RunConfig:
     min_replies: int = 1
     update_norm_limit: float = 0.0
     update_norm_action: str = "reject"
+    wire_dtype: str = "float32"
+    registry_address: str = ""
+    registry_root_certificates: str = ""
     device: str = "auto"
     round_timeout: float = 3600.0
     min_clients: int = 1
@@ -131,6 +136,23 @@ class RunConfig:
     def target_modules(self) -> list[str]:
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
+    def check_server_files(self) -> None:
+        """The files the server reads exist on this machine. Not part of ``validate``:
+        every client validates the config it is sent, and in a deployment the server's
+        dataset, server data and certificates are not on the clients' machines."""
+        files = [("dataset file", None if self.dataset == "digits" or
+                  self.dataset.startswith("hf:") else Path(self.dataset)),
+                 ("server-data file", self.server_data_file),
+                 ("registry-root-certificates",
+                  Path(self.registry_root_certificates) if self.registry_root_certificates
+                  else None)]
+        for what, path in files:
+            if path is not None and not path.expanduser().is_file():
+                raise ConfigError(f"{what} not found: {path.expanduser()}")
+        if self.resume and not (Path(self.resume).expanduser() / "config.json").is_file():
+            raise ConfigError(f"resume: {self.resume} is not a Pollen run folder "
+                              "(no config.json)")
+
     def validate(self) -> None:
         """Range and choice checks that need no data and no model.
 
@@ -138,6 +160,10 @@ class RunConfig:
         """
         _choice("partitioner", self.partitioner, PARTITIONER_NAMES)
         _choice("device", self.device, DEVICE_NAMES)
+        _choice("wire-dtype", self.wire_dtype, WIRE_DTYPES)
+        if self.registry_address and not re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}",
+                                                       self.registry_address):
+            raise ConfigError(f"registry-address must be HOST:PORT, got '{self.registry_address}'")
         _at_least("num-server-rounds", self.num_server_rounds, 1)
         _at_least("local-epochs", self.local_epochs, 1)
         _at_least("batch-size", self.batch_size, 1)
@@ -179,9 +205,6 @@ class RunConfig:
         _at_least("min-replies", self.min_replies, 1)
         _at_least("min-clients", self.min_clients, 1)
         _choice("update-norm-action", self.update_norm_action, ("reject", "clip"))
-        if self.resume and not (Path(self.resume).expanduser() / "config.json").is_file():
-            raise ConfigError(f"resume: {self.resume} is not a Pollen run folder "
-                              "(no config.json)")
         for key, value in (("fedprox-mu", self.fedprox_mu), ("fedref-mu", self.fedref_mu),
                            ("fedref-lambda", self.fedref_lambda),
                            ("fedmerge-mu", self.fedmerge_mu), ("lr-w", self.lr_w),
@@ -223,8 +246,6 @@ class RunConfig:
                 raise ConfigError(f"unknown server-data '{self.server_data}': use '' (the held-out "
                                   f"share of the pool), '{DIGITS_SHIFTED}' or a path to a "
                                   f"{'/'.join(TABLE_SUFFIXES)} file")
-            if not file.is_file():
-                raise ConfigError(f"server-data file not found: {file}")
         elif self.server_data_fraction == 0.0 and self.server_data:
             raise ConfigError(f"server-data '{self.server_data}' transforms the held-out share "
                               "of the pool: set server-data-fraction in (0, 1)")
@@ -249,8 +270,6 @@ class RunConfig:
                 f"unknown dataset '{self.dataset}': use 'digits', 'hf:<id>' or a path to a "
                 f"{'/'.join(TABLE_SUFFIXES)} file"
             )
-        if not path.is_file():
-            raise ConfigError(f"dataset file not found: {path}")
 
     def _validate_model(self) -> None:
         from pollen.models import MODEL_NAMES  # models imports config: import here

@@ -24,6 +24,7 @@ from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
 from pollen.models import build_model, check_compatible
 from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
+from pollen.registry.publisher import RegistryPublisher
 from pollen.seeding import seed_everything
 from pollen.server_data import load_server_data
 from pollen.training import evaluate, make_loader, torch_dataset
@@ -53,10 +54,12 @@ class ServerEvaluator:
 def run(grid: Grid, config: RunConfig) -> RunOutputs:
     """A new run, or with ``resume`` set, the continuation of the run in that folder from
     its last complete checkpoint, under the config it was started with."""
+    config.check_server_files()
     checkpoint = None
     if config.resume:
         run_dir = Path(config.resume).expanduser().resolve()
         config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+        config.check_server_files()
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
@@ -91,11 +94,16 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         first_round = checkpoint.server_round + 1
         log(INFO, "resuming from %s", checkpoint.path)
     log(INFO, "writing outputs to %s", outputs.run_dir)
+    publisher = (RegistryPublisher(config, evaluator.model, task.num_classes,
+                                   outputs.run_dir.name) if config.registry_address else None)
 
     started = time.perf_counter()
     for server_round in range(first_round, config.num_server_rounds + 1):
         row = run_round(grid, strategy, config, server_round,
                         lambda: evaluator(strategy.global_arrays), run_record)
+        if publisher is not None:
+            row["registry_published"] = publisher.publish_round(strategy.final_models(),
+                                                                server_round)
         outputs.append_metrics(row)
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)
@@ -103,6 +111,8 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
                 or server_round == config.num_server_rounds):
             save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)
 
+    if publisher is not None:
+        publisher.close()
     saved_models = strategy.final_models()
     for folder, tensors in saved_models.items():
         load_travelling_state(evaluator.model, tensors, what=f"final model {folder}")

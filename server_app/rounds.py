@@ -17,7 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pollen.config import RunConfig
-from pollen.records import array_bytes
+from pollen.records import array_bytes, encode_records
 from pollen.training import EvalResult
 from strategies.base import PollenFedAvg
 
@@ -64,8 +64,12 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
 
     train_messages = list(strategy.configure_train(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
+    for message in train_messages:
+        encode_records(message.content, config.wire_dtype)
     train_replies = (list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
                      if train_messages else [])  # the server-only baseline sends none
+    # As received: aggregation replaces the replies' tensors with their decoded float32 form.
+    bytes_up = sum(array_bytes(m.content) for m in _valid(train_replies))
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
     kept_previous_global = strategy.kept_previous_global
@@ -73,6 +77,8 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
 
     eval_messages = list(strategy.configure_evaluate(
         server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
+    for message in eval_messages:
+        encode_records(message.content, config.wire_dtype)
     eval_replies = list(grid.send_and_receive(eval_messages, timeout=config.round_timeout))
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
 
@@ -110,7 +116,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
                                 config.round_timeout),
         "rejections": sorted(rejected.values()),
         "kept_previous_global": kept_previous_global,
-        "bytes_up": sum(array_bytes(m.content) for m in answered),
+        "bytes_up": bytes_up,
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
         "client_train_seconds_max": max(train_seconds, default=0.0),

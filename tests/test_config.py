@@ -34,7 +34,6 @@ def test_ints_are_accepted_for_floats_and_round_trip():
     ("learning-rate", 0.1, "unknown run-config key 'learning-rate'"),
     ("model", "gpt-9", "unknown model 'gpt-9'"),
     ("dataset", "mnist", "unknown dataset 'mnist'"),
-    ("dataset", "/nowhere/data.csv", "dataset file not found"),
     ("partitioner", "shards", "unknown partitioner 'shards'"),
     ("device", "tpu", "unknown device 'tpu'"),
     ("fraction-train", 0.0, "fraction-train must be in (0, 1]"),
@@ -49,6 +48,24 @@ def test_bad_values_name_the_problem(key, value, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[").replace("]", r"\]")):
         RunConfig.from_mapping({key: value})
+
+
+def test_server_files_are_checked_on_the_server_only(tmp_path):
+    """A deployment client validates the config it is sent without the server's files."""
+    config = RunConfig.from_mapping({"dataset": "/server/only/data.csv",
+                                     "server-data-fraction": 0.1,
+                                     "server-data": "/server/only/curated.csv",
+                                     "registry-root-certificates": "/server/only/ca.crt"})
+    with pytest.raises(ConfigError, match="dataset file not found: /server/only/data.csv"):
+        config.check_server_files()
+    data = tmp_path / "data.csv"
+    data.write_text("label,text\na,x\nb,y\n")
+    with pytest.raises(ConfigError, match="server-data file not found"):
+        config.replace(dataset=str(data)).check_server_files()
+    with pytest.raises(ConfigError, match="registry-root-certificates not found"):
+        config.replace(dataset=str(data), server_data=str(data)).check_server_files()
+    with pytest.raises(ConfigError, match="not a Pollen run folder"):
+        RunConfig(resume=str(tmp_path / "nowhere")).check_server_files()
 
 
 def test_ci_runs_the_readme_test_command():

@@ -128,4 +128,21 @@ def test_compose_file_uses_the_loopback_commands():
         assert any(data_path.strip("'") in v for v in app["volumes"])
         assert app["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "pollen-runs:/app/pollen-runs" in services["serverapp"]["volumes"]
-    assert set(compose["volumes"]) == {"superlink-state", "pollen-runs"}
+    assert set(compose["volumes"]) == {"superlink-state", "pollen-runs", "registry-store"}
+
+    # The adapter registry: the command tests/test_registry.py's loopback checks run,
+    # the deployment's certificate and token, and the submitted job publishing to it.
+    registry = services["registry"]
+    assert registry["entrypoint"] == ["pollen"]
+    serve_args = flags(registry["command"][2:])
+    port = serve_args["--address"].rsplit(":", 1)[1]
+    assert {p.split(":")[-1] for p in registry["ports"]} == {port}
+    for flag in ("--certfile", "--keyfile", "--token-file"):
+        assert serve_args[flag].startswith("/app/certificates/")
+    assert "./certs:/app/certificates:ro" in registry["volumes"]
+    token_file = services["serverapp"]["environment"]["POLLEN_REGISTRY_TOKEN_FILE"]
+    assert token_file == serve_args["--token-file"]
+    assert any(v.endswith(f":{token_file}:ro") for v in services["serverapp"]["volumes"])
+    job = services["submit"]["command"][-1]
+    assert f"registry-address='registry:{port}'" in job
+    assert "registry-root-certificates='/app/certificates/ca.crt'" in job

@@ -1,0 +1,122 @@
+"""``pollen``: the adapter registry from the command line.
+
+    pollen registry serve --address 0.0.0.0:9094 --store DIR --token-file FILE \\
+        --certfile server.crt --keyfile server.key          (or --insecure, loopback only)
+    pollen adapters list  --registry HOST:PORT [--run-id RUN] --ca-cert ca.crt | --insecure
+    pollen adapters fetch --registry HOST:PORT [--client-id X | --family F] [--round N]
+        [--run-id RUN] [--model NAME] --out DIR --ca-cert ca.crt | --insecure
+
+``fetch`` writes a peft-format folder (``PeftModel.from_pretrained`` loads it); run again
+after an interruption, it resumes the transfer from where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from pollen.v1 import adapters_pb2 as pb
+
+
+def _channel(args) -> grpc.Channel:
+    from pollen.registry.client import connect
+
+    if args.insecure:
+        return connect(args.registry, None)
+    if not args.ca_cert:
+        sys.exit("pass --ca-cert (the deployment's ca.crt), or --insecure for a plaintext "
+                 "registry on this machine")
+    return connect(args.registry, Path(args.ca_cert).read_bytes())
+
+
+def _serve(args) -> None:
+    from pollen.registry.server import serve
+
+    token = Path(args.token_file).read_text().strip()
+    host = args.address.rsplit(":", 1)[0]
+    if args.insecure:
+        if host not in ("localhost", "127.0.0.1", "[::1]"):
+            sys.exit("--insecure serves plaintext and is for localhost only")
+        server, port = serve(args.address, Path(args.store), token)
+    else:
+        if not (args.certfile and args.keyfile):
+            sys.exit("pass --certfile and --keyfile (TLS), or --insecure on localhost")
+        server, port = serve(args.address, Path(args.store), token,
+                             Path(args.certfile).read_bytes(), Path(args.keyfile).read_bytes())
+    print(f"adapter registry on port {port}, store {args.store}", flush=True)
+    server.wait_for_termination()
+
+
+def _list(args) -> None:
+    from pollen.registry.client import list_adapters
+
+    with _channel(args) as channel:
+        for entry in list_adapters(channel, args.run_id):
+            print(json_format.MessageToJson(entry, indent=None))
+
+
+def _fetch(args) -> None:
+    from pollen.registry.client import fetch, write_adapter_folder
+
+    if args.client_id and args.family:
+        sys.exit("pass --client-id or --family, not both")
+    scope = (pb.SCOPE_CLIENT if args.client_id else
+             pb.SCOPE_FAMILY if args.family else pb.SCOPE_GLOBAL)
+    key = pb.AdapterKey(scope=scope, name=args.client_id or args.family, run_id=args.run_id,
+                        round=args.round)
+    out = Path(args.out)
+    started = time.perf_counter()
+    with _channel(args) as channel:
+        result = fetch(channel, key, out)
+    manifest = write_adapter_folder(result.data, out, args.model, args.seed)
+    print(f"wrote {out}: round {manifest.round} of run '{manifest.run_id}' "
+          f"({len(result.data)} bytes, {result.received} received in "
+          f"{time.perf_counter() - started:.2f}s"
+          f"{f', resumed at byte {result.resumed_from}' if result.resumed_from else ''})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pollen", description=__doc__.splitlines()[0])
+    groups = parser.add_subparsers(dest="group", required=True)
+    registry = groups.add_parser("registry").add_subparsers(dest="command", required=True)
+    serve = registry.add_parser("serve", help="run an adapter registry")
+    serve.add_argument("--address", default="0.0.0.0:9094")
+    serve.add_argument("--store", required=True)
+    serve.add_argument("--token-file", required=True)
+    serve.add_argument("--certfile")
+    serve.add_argument("--keyfile")
+    serve.add_argument("--insecure", action="store_true")
+    serve.set_defaults(run=_serve)
+
+    adapters = groups.add_parser("adapters").add_subparsers(dest="command", required=True)
+    for name, run, helptext in (("list", _list, "list the stored adapters"),
+                                ("fetch", _fetch, "fetch one adapter into a peft folder")):
+        command = adapters.add_parser(name, help=helptext)
+        command.add_argument("--registry", required=True, help="HOST:PORT")
+        command.add_argument("--ca-cert")
+        command.add_argument("--insecure", action="store_true")
+        command.add_argument("--run-id", default="")
+        command.set_defaults(run=run)
+        if name == "fetch":
+            command.add_argument("--client-id", default="")
+            command.add_argument("--family", default="")
+            command.add_argument("--round", type=int, default=0, help="0 = the latest")
+            command.add_argument("--model", default="", help="the base model this machine runs")
+            command.add_argument("--seed", type=int, default=42)
+            command.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except grpc.RpcError as error:
+        sys.exit(f"registry: {error.code().name}: {error.details()}")
+    except ValueError as error:  # BundleError, ConfigError, LayoutError
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
