@@ -79,7 +79,7 @@ class RunConfig:
     max_staleness: int = 2
     guided_granularity: str = "vector"
     search_steps: int = 20
-    search_lr: float = 0.01
+    search_lr: float = 0.1
     search_batch_size: int = 32
     eviction_patience: int = 3
     client_label_noise: float = 0.0

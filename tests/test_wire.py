@@ -102,11 +102,16 @@ def test_an_unknown_wire_dtype_is_a_config_error():
 @pytest.mark.parametrize("encoding, ratio", [("float16", 0.5), ("int8", 0.25)])
 def test_a_run_in_a_compact_wire_dtype_sends_fewer_bytes_and_still_learns(tmp_path, encoding,
                                                                           ratio):
+    from server_app.checkpoints import latest_checkpoint
+
     rows = {}
     for dtype in ("float32", encoding):
         config = RunConfig.from_mapping({"num-server-rounds": 2, "wire-dtype": dtype,
                                          "output-dir": str(tmp_path), "run-name": dtype})
-        rows[dtype] = run(LocalGrid.simulation(client_app, num_nodes=4), config).read_metrics()
+        outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
+        rows[dtype] = outputs.read_metrics()
+    state = latest_checkpoint(outputs.run_dir).strategy_state["tensors"]  # the server's own
+    assert {np.asarray(value).dtype for value in state.values()} == {np.dtype(np.float32)}
     for key in ("bytes_up", "bytes_down"):
         measured = rows[encoding][0][key] / rows["float32"][0][key]
         assert ratio * 0.97 < measured < ratio * 1.03, (key, measured)  # npy headers aside

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import tempfile
@@ -27,6 +28,7 @@ from pollen.registry.bundle import BundleError, read_manifest
 from pollen.v1 import adapters_pb2 as pb
 from pollen.v1 import adapters_pb2_grpc as pb_grpc
 
+logger = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 MAX_BUNDLE_BYTES = 2 << 30
 SCOPE_FOLDERS = {pb.SCOPE_GLOBAL: "global", pb.SCOPE_FAMILY: "family", pb.SCOPE_CLIENT: "client"}
@@ -86,7 +88,11 @@ class RegistryStore:
         found = []
         for path in sorted(self.root.glob("*/*/*/round-*.bundle")):
             data = path.read_bytes()
-            manifest = read_manifest(data)
+            try:
+                manifest = read_manifest(data)
+            except BundleError as error:  # damaged on disk since it was published
+                logger.warning("registry: %s left out of List: %s", path, error)
+                continue
             if run_id and manifest.run_id != run_id:
                 continue
             name = path.parent.name if path.parent.name != "_" else ""
