@@ -95,8 +95,8 @@ def main() -> None:
     data = DIGITS if args.suite == "digits" else AGNEWS
     lines = [f"{args.suite}: 10 clients, Dirichlet 0.1, server data 5% of the pool (held out "
              f"before partitioning), {rounds} rounds, seed 42; guided: atlas 10, 20 Adam "
-             "steps (lr 0.1 unless the row says otherwise, batch 32) on 75% of the server data, fallback checked on "
-             "the other 25%; central: the server trains on all of its data for "
+             "steps (lr 0.1 unless the row says otherwise, batch 32) on 75% of the server "
+             "data, fallback checked on the other 25%; central: the server trains on all of its data for "
              f"local-epochs passes a round. Global accuracy on the server's test split.", ""]
     for setting, variants in SETTINGS[args.suite].items():
         results = {}

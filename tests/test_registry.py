@@ -238,6 +238,11 @@ def test_an_interrupted_fetch_resumes_from_its_offset(registry, tmp_path):
                                                 "bundle_sha256": "f" * 64}))
     restarted = fetch(channel, key, out)
     assert restarted.data == data and restarted.resumed_from == 0
+    # So is one longer than the bundle (the registry answers OUT_OF_RANGE).
+    (out / PARTIAL).write_bytes(b"x" * (len(data) + 1))
+    (out / PARTIAL_META).write_text(json.dumps({"key": json_format.MessageToDict(key),
+                                                "bundle_sha256": ""}))
+    assert fetch(channel, key, out).data == data
 
 
 def test_the_cli_fetch_writes_a_folder_peft_loads(registry, tiny, tmp_path, certificates):

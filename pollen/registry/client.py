@@ -67,18 +67,26 @@ def fetch(channel: grpc.Channel, key: pb.AdapterKey, work_dir: Path) -> FetchRes
     if meta.get("key") != wanted or not partial.is_file():
         partial.write_bytes(b"")
         meta = {"key": wanted, "bundle_sha256": ""}
+    try:
+        return _fetch_from(channel, key, partial, meta_path, meta)
+    except _StalePartial:
+        partial.unlink()
+        meta_path.unlink(missing_ok=True)
+        return fetch(channel, key, work_dir)
+
+
+def _fetch_from(channel: grpc.Channel, key: pb.AdapterKey, partial: Path, meta_path: Path,
+                meta: dict) -> FetchResult:
     offset = partial.stat().st_size
     stub = pb_grpc.AdapterRegistryStub(channel)
     received, total, digest = 0, None, ""
+    chunks = stub.Fetch(pb.FetchRequest(key=key, offset=offset))
     with partial.open("ab") as out:
-        for chunk in stub.Fetch(pb.FetchRequest(key=key, offset=offset)):
+        for chunk in _restartable(chunks, offset):
             if total is None:
                 total, digest = chunk.total_size, chunk.bundle_sha256
                 if meta["bundle_sha256"] and meta["bundle_sha256"] != digest and offset:
-                    out.close()  # the registry holds another bundle now: start over
-                    partial.unlink()
-                    meta_path.unlink()
-                    return fetch(channel, key, work_dir)
+                    raise _StalePartial  # the registry holds another bundle now
                 meta["bundle_sha256"] = digest
                 meta_path.write_text(json.dumps(meta))
             if chunk.offset != offset + received:
@@ -98,6 +106,21 @@ def fetch(channel: grpc.Channel, key: pb.AdapterKey, work_dir: Path) -> FetchRes
     partial.unlink()
     meta_path.unlink()
     return FetchResult(data, offset, received)
+
+
+class _StalePartial(Exception):
+    """The partial download belongs to another bundle than the registry now holds."""
+
+
+def _restartable(chunks, offset: int):
+    """The registry's chunks; a partial file longer than the bundle (OUT_OF_RANGE) means
+    it belongs to another bundle, and the caller starts over."""
+    try:
+        yield from chunks
+    except grpc.RpcError as error:
+        if offset and error.code() == grpc.StatusCode.OUT_OF_RANGE:
+            raise _StalePartial from error
+        raise
 
 
 def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
