@@ -8,6 +8,7 @@ from flwr.clientapp import ClientApp
 from client_app.job import ClientJob
 from client_app.proximal import proximal_anchor, proximal_mu
 from pollen.adapters import travelling_state
+from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, GLOBAL_ROUND_KEY, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate as evaluate_model
@@ -22,7 +23,7 @@ def describe(msg: Message, context: Context) -> Message:
     job = ClientJob.from_message(msg, context)
     data = job.data
     about = ConfigRecord({"client-id": job.client_id, "num-train": len(data.train),
-                          "num-test": len(data.test)})
+                          "num-test": len(data.test), "family": job.family})
     return Message(content=RecordDict({"client": about}), reply_to=msg)
 
 
@@ -34,11 +35,13 @@ def train(msg: Message, context: Context) -> Message:
     model = job.model_from(msg)
     seed = derive_seed(config.seed, "train", server_round, job.client_id)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
+    reset_peak_memory(job.device)
     result = train_model(model, loader, epochs=config.local_epochs, lr=config.lr,
                          device=job.device, proximal_mu=proximal_mu(msg), anchor=anchor,
                          seed=seed)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
-                            "train_seconds": result.seconds})
+                            "train_seconds": result.seconds,
+                            "peak_memory_mb": peak_memory_mb(job.device)})
     if GLOBAL_ROUND_KEY in msg.content["config"]:  # guided merging's round stamp
         metrics[GLOBAL_ROUND_KEY] = int(msg.content["config"][GLOBAL_ROUND_KEY])
     return Message(content=RecordDict({ARRAYS_KEY: to_array_record(travelling_state(model),

@@ -14,7 +14,8 @@ from pollen.adapters import load_travelling_state
 from pollen.config import ConfigError, RunConfig
 from pollen.data import client_file_split, client_split, load_task
 from pollen.device import resolve_device
-from pollen.models import build_model, check_compatible
+from pollen.families import build_family_model, family_of
+from pollen.models import check_compatible
 from pollen.records import ARRAYS_KEY, LABEL_NAMES_KEY, from_array_record
 from pollen.training import torch_dataset
 
@@ -37,6 +38,7 @@ class ClientJob:
     label_names: tuple[str, ...]
     partition: tuple[int, int] | None  # (partition-id, num-partitions)
     data_path: str | None
+    family: str  # the backbone this client runs (``pollen.families``)
 
     @classmethod
     def from_message(cls, message: Message, context: Context) -> ClientJob:
@@ -48,32 +50,32 @@ class ClientJob:
                                          if k in RunConfig.keys()})
         label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config
-        model = str(node.get("model", config.model))
-        if model != config.model:
-            raise ConfigError(f"this client's node config says model '{model}' but the run "
-                              f"trains '{config.model}'")
+        node_model = str(node["model"]) if "model" in node else None
         device = resolve_device(str(node.get("device", config.device)))
         if "data-path" in node:
             if "client-id" not in node:
                 raise ConfigError("a client with data-path needs a client-id in its node "
                                   "config (its stable name across restarts)")
-            return cls(config, str(node["client-id"]), device, label_names, None,
-                       str(node["data-path"]))
+            client_id = str(node["client-id"])
+            return cls(config, client_id, device, label_names, None, str(node["data-path"]),
+                       family_of(config, client_id, node_model))
         if "partition-id" not in node or "num-partitions" not in node:
             raise ConfigError("node config needs data-path and client-id (deployment) or "
                               f"partition-id and num-partitions (simulation); got keys "
                               f"{sorted(node)}")
         partition = (int(node["partition-id"]), int(node["num-partitions"]))
-        return cls(config, str(node.get("client-id", partition[0])), device, label_names,
-                   partition, None)
+        client_id = str(node.get("client-id", partition[0]))
+        return cls(config, client_id, device, label_names, partition, None,
+                   family_of(config, client_id, node_model))
 
     @property
     def data(self) -> ClientData:
-        return _client_data(self.config, self.partition, self.data_path, self.label_names)
+        return _client_data(self.config, self.partition, self.data_path, self.label_names,
+                            self.family)
 
     def model_from(self, message: Message, key: str = ARRAYS_KEY) -> nn.Module:
         """The cached model with the message's tensors (ArrayRecord ``key``) loaded."""
-        model = _model(self.config, self.data.num_classes)
+        model = _model(self.config, self.family, self.data.num_classes)
         arrays = from_array_record(message.content[key])
         load_travelling_state(model, arrays, what=f"'{key}' sent to client {self.client_id}")
         return model.to(self.device)
@@ -81,25 +83,25 @@ class ClientJob:
 
 @functools.lru_cache(maxsize=32)  # a simulation worker serves many clients in turn
 def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
-                 label_names: tuple[str, ...]) -> ClientData:
+                 label_names: tuple[str, ...], family: str) -> ClientData:
     if data_path is not None:
         if not label_names:
             raise ConfigError("the server sent no label names for this client's data-path")
         modality, num_classes = "text", len(label_names)
-        check_compatible(config.model, modality)
+        check_compatible(family, modality)
         train, test = client_file_split(data_path, config, label_names)
     else:
         task = load_task(config)
         modality, num_classes = task.modality, task.num_classes
-        check_compatible(config.model, modality)
+        check_compatible(family, modality)
         train, test = client_split(task, config, *partition)
-    convert = functools.partial(torch_dataset, modality=modality, model_name=config.model,
+    convert = functools.partial(torch_dataset, modality=modality, model_name=family,
                                 max_seq_len=config.max_seq_len)
     return ClientData(convert(train), convert(test), num_classes)
 
 
-@functools.lru_cache(maxsize=1)
-def _model(config: RunConfig, num_classes: int) -> nn.Module:
-    """Built once per process: every call overwrites all travelling (trainable) tensors,
-    and the frozen ones never change."""
-    return build_model(config, num_classes)
+@functools.lru_cache(maxsize=3)  # a simulation worker may serve clients of 3 families
+def _model(config: RunConfig, family: str, num_classes: int) -> nn.Module:
+    """Built once per process and family: every call overwrites all travelling
+    (trainable) tensors, and the frozen ones never change."""
+    return build_family_model(config, family, num_classes)

@@ -41,13 +41,20 @@ def is_adapter_model(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def travelling_state(model: nn.Module) -> dict[str, np.ndarray]:
-    """Copies (float32, on the CPU) of the tensors that leave this process."""
+def _travelling_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """peft's adapter state dict; for other models the trainable parameters (all of the
+    CNN, DeMA's adapters and head)."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model) if is_adapter_model(model) else model.state_dict()
+    if is_adapter_model(model):
+        return get_peft_model_state_dict(model)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def travelling_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """Copies (float32, on the CPU) of the tensors that leave this process."""
     return {name: tensor.detach().to("cpu", torch.float32).numpy().copy()
-            for name, tensor in state.items()}
+            for name, tensor in _travelling_tensors(model).items()}
 
 
 def travelling_module_names(model: nn.Module) -> dict[str, str]:
@@ -58,12 +65,10 @@ def travelling_module_names(model: nn.Module) -> dict[str, str]:
     names. peft's state dict shares storage with the parameters, so storage identity gives
     the mapping without re-implementing peft's renaming rules.
     """
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(model) if is_adapter_model(model) else model.state_dict()
     by_storage = {tensor.data_ptr(): name for name, tensor in
                   [*model.named_parameters(), *model.named_buffers()]}
-    return {name: by_storage[tensor.data_ptr()] for name, tensor in state.items()}
+    return {name: by_storage[tensor.data_ptr()]
+            for name, tensor in _travelling_tensors(model).items()}
 
 
 def layout(state: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -99,8 +104,8 @@ def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
                for name, array in state.items()}
     if is_adapter_model(model):
         set_peft_model_state_dict(model, tensors)
-    else:
-        model.load_state_dict(tensors, strict=True)
+    else:  # check_layout has matched the names: strict=False only skips frozen weights
+        model.load_state_dict(tensors, strict=False)
 
 
 HEAD_MARKER = "classifier"  # the head's tensors are named ...classifier... in every model
@@ -137,13 +142,18 @@ def reinitialise_travelling(model: nn.Module, seed: int) -> dict[str, np.ndarray
 
 def save_final_model(model: nn.Module, out_dir: Path) -> Path:
     """peft's own format for adapters (adapter_config.json + adapter_model.safetensors,
-    loadable with ``PeftModel.from_pretrained``); model.safetensors for plain modules."""
+    loadable with ``PeftModel.from_pretrained``); DeMA's adapter and settings
+    (``pollen.dema.load_dema_adapter`` loads them); model.safetensors for plain modules."""
     from safetensors.torch import save_file
+
+    from pollen.dema.model import DemaModel, save_dema_adapter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_adapter_model(model):
         model.save_pretrained(out_dir)
         return out_dir / "adapter_model.safetensors"
+    if isinstance(model, DemaModel):
+        return save_dema_adapter(model, out_dir)
     path = out_dir / "model.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
     return path

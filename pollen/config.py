@@ -24,6 +24,8 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")  # pollen.wire.ENCODINGS
 DIGITS_SHIFTED = "digits-shifted"
 GUIDED_GRANULARITIES = ("vector", "tensor")
+# Strategies that federate clients running different backbones (``pollen.families``).
+FAMILY_STRATEGIES = ("heterotune", "fedavg-per-family", "hetlora")
 # Strategies whose server trains on server-held data (``server-data-fraction``/``server-data``).
 SERVER_DATA_STRATEGIES = ("guided", "central")
 
@@ -82,6 +84,14 @@ class RunConfig:
     search_lr: float = 0.1
     search_batch_size: int = 32
     eviction_patience: int = 3
+    model_families: str = ""
+    family_assignment: str = ""
+    dema_rank: int = 8
+    dema_experts: int = 4
+    dema_banks: int = 2
+    dema_target_modules: str = "query,value"
+    cmga: bool = True
+    hetlora_ranks: str = ""
     client_label_noise: float = 0.0
     noisy_client_fraction: float = 1.0
     checkpoint_every: int = 1
@@ -188,6 +198,7 @@ class RunConfig:
         _choice("fedmerge-w-tensors", self.fedmerge_w_tensors, ("head", "all"))
         _choice("fedmerge-w-step", self.fedmerge_w_step, ("plain", "official"))
         self._validate_server_data()
+        self._validate_families()
         _at_least("atlas-size", self.atlas_size, 1)
         _at_least("max-staleness", self.max_staleness, 0)
         _choice("guided-granularity", self.guided_granularity, GUIDED_GRANULARITIES)
@@ -220,6 +231,56 @@ class RunConfig:
             raise ConfigError(f"run-name must be a plain folder name, got '{self.run_name}'")
         self._validate_dataset()
         self._validate_model()
+
+    @property
+    def families(self) -> list[str]:
+        """The backbones clients run: ``model-families``, or the one ``model``."""
+        listed = [f.strip() for f in self.model_families.split(",") if f.strip()]
+        return listed or [self.model]
+
+    @property
+    def family_map(self) -> dict[str, str]:
+        """``family-assignment`` as client id -> family."""
+        pairs = [p.strip() for p in self.family_assignment.split(",") if p.strip()]
+        return dict(p.split(":", 1) for p in pairs)
+
+    @property
+    def hetlora_rank_of(self) -> dict[str, int]:
+        ranks = [r.strip() for r in self.hetlora_ranks.split(",") if r.strip()]
+        return dict(zip(self.families, (int(r) for r in ranks), strict=True))
+
+    def _validate_families(self) -> None:
+        from pollen.models import MODEL_NAMES  # models imports config: import here
+
+        families = self.families
+        if self.model_families and self.strategy not in FAMILY_STRATEGIES:
+            raise ConfigError(f"model-families is for the strategies that federate several "
+                              f"backbones ({', '.join(FAMILY_STRATEGIES)}); strategy "
+                              f"'{self.strategy}' runs the one model '{self.model}'")
+        if len(set(families)) != len(families):
+            raise ConfigError(f"model-families names a family twice: {self.model_families}")
+        for family in families if self.model_families else []:  # else: _validate_model
+            if family not in MODEL_NAMES and not family.startswith("hf:"):
+                raise ConfigError(f"unknown model family '{family}' in model-families; "
+                                  f"choose from: {', '.join(MODEL_NAMES)} or hf:<id>")
+        if self.model_families and "cnn" in families and len(families) > 1:
+            raise ConfigError("model-families mixes the image model 'cnn' with text models")
+        for pair in (p.strip() for p in self.family_assignment.split(",") if p.strip()):
+            client, _, family = pair.partition(":")
+            if not client or family not in families:
+                raise ConfigError(f"family-assignment entry '{pair}' must be client:family "
+                                  f"with a family of model-families ({', '.join(families)})")
+        _at_least("dema-rank", self.dema_rank, 1)
+        _at_least("dema-experts", self.dema_experts, 1)
+        _at_least("dema-banks", self.dema_banks, 1)
+        if not [m for m in self.dema_target_modules.split(",") if m.strip()]:
+            raise ConfigError("dema-target-modules names no module")
+        if self.hetlora_ranks or self.strategy == "hetlora":
+            ranks = [r.strip() for r in self.hetlora_ranks.split(",") if r.strip()]
+            if len(ranks) != len(families) or not all(r.isdigit() and int(r) >= 1
+                                                      for r in ranks):
+                raise ConfigError(f"hetlora-ranks must give one rank >= 1 per family "
+                                  f"({', '.join(families)}), got '{self.hetlora_ranks}'")
 
     @property
     def has_server_data(self) -> bool:

@@ -15,7 +15,9 @@ from torch import nn
 from pollen.config import ConfigError, RunConfig
 from pollen.seeding import derive_seed
 
-MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert")
+MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert", "tiny-bert-w64")
+# Tiny random BERTs for tests: (hidden size, layers, heads); MiniLM's vocabulary.
+TINY_BERTS = {"tiny-bert": (32, 2, 2), "tiny-bert-w64": (64, 3, 4)}
 TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 
 
@@ -67,9 +69,11 @@ def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
         return AutoModelForSequenceClassification.from_pretrained(
             minilm_dir(), num_labels=num_classes,
             num_hidden_layers=TRUNCATED_MINILM_LAYERS[model_name])
-    if model_name == "tiny-bert":
-        tiny = BertConfig(vocab_size=build_tokenizer(model_name).vocab_size, hidden_size=32,
-                          num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    if model_name in TINY_BERTS:
+        hidden, layers, heads = TINY_BERTS[model_name]
+        tiny = BertConfig(vocab_size=build_tokenizer(model_name).vocab_size,
+                          hidden_size=hidden, num_hidden_layers=layers,
+                          num_attention_heads=heads, intermediate_size=2 * hidden,
                           max_position_embeddings=512, num_labels=num_classes)
         return BertForSequenceClassification(tiny)
     if model_name.startswith("hf:"):

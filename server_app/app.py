@@ -22,33 +22,48 @@ from pollen.adapters import load_travelling_state, save_final_model, travelling_
 from pollen.config import ConfigError, RunConfig
 from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
-from pollen.models import build_model, check_compatible
+from pollen.families import FAMILY_STRATEGIES, build_family_model
+from pollen.models import check_compatible
 from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
 from pollen.registry.publisher import RegistryPublisher
 from pollen.seeding import seed_everything
 from pollen.server_data import load_server_data
-from pollen.training import evaluate, make_loader, torch_dataset
+from pollen.training import EvalResult, evaluate, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
 from strategies import build_strategy, check_strategy_name
 from strategies.directory import ClientDirectory
+from strategies.families import FamilyFedAvg
 
 
 class ServerEvaluator:
-    """The global model on the server's held-out test split."""
+    """Global models on the server's held-out test split: the run's model, or with a
+    strategy for several backbones (``pollen.families``) each family's model."""
 
     def __init__(self, config: RunConfig) -> None:
         task = load_task(config)
-        check_compatible(config.model, task.modality)
         self.device = resolve_device(config.device)
-        self.model = build_model(config, task.num_classes).to(self.device)
-        test = torch_dataset(task.server_test, task.modality, config.model, config.max_seq_len)
-        self.loader = make_loader(test, config.batch_size, shuffle=False, seed=0)
+        families = config.families if config.strategy in FAMILY_STRATEGIES else [config.model]
+        self.models, self.loaders = {}, {}
+        for family in families:
+            check_compatible(family, task.modality)
+            self.models[family] = build_family_model(config, family,
+                                                     task.num_classes).to(self.device)
+            test = torch_dataset(task.server_test, task.modality, family, config.max_seq_len)
+            self.loaders[family] = make_loader(test, config.batch_size, shuffle=False, seed=0)
+        self.model = self.models[families[0]]  # the model of single-model strategies
 
-    def __call__(self, arrays) -> Any:
-        load_travelling_state(self.model, from_array_record(arrays), what="global model")
-        return evaluate(self.model, self.loader, self.device)
+    def __call__(self, strategy) -> dict[str, EvalResult]:
+        if isinstance(strategy, FamilyFedAvg):
+            models = strategy.global_models()
+        else:
+            models = {next(iter(self.models)): from_array_record(strategy.global_arrays)}
+        results = {}
+        for family, tensors in models.items():
+            load_travelling_state(self.models[family], tensors, what=f"global model {family}")
+            results[family] = evaluate(self.models[family], self.loaders[family], self.device)
+        return results
 
 
 def run(grid: Grid, config: RunConfig) -> RunOutputs:
@@ -83,7 +98,8 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
 
     initial = to_array_record(travelling_state(evaluator.model))
     strategy = build_strategy(config, directory, initial, evaluator.model, server_data,
-                              task.modality)
+                              task.modality, {family: travelling_state(model) for family, model
+                                              in evaluator.models.items()})
     strategy.summary()
     if checkpoint is None:
         outputs, first_round = RunOutputs.create(config), 1
@@ -94,16 +110,15 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         first_round = checkpoint.server_round + 1
         log(INFO, "resuming from %s", checkpoint.path)
     log(INFO, "writing outputs to %s", outputs.run_dir)
-    publisher = (RegistryPublisher(config, evaluator.model, task.num_classes,
+    publisher = (RegistryPublisher(config, evaluator.models, task.num_classes,
                                    outputs.run_dir.name) if config.registry_address else None)
 
     started = time.perf_counter()
     for server_round in range(first_round, config.num_server_rounds + 1):
-        row = run_round(grid, strategy, config, server_round,
-                        lambda: evaluator(strategy.global_arrays), run_record)
+        row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy),
+                        run_record)
         if publisher is not None:
-            row["registry_published"] = publisher.publish_round(strategy.final_models(),
-                                                                server_round)
+            row["registry_published"] = publisher.publish_round(strategy, server_round)
         outputs.append_metrics(row)
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)
@@ -115,10 +130,13 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         publisher.close()
     saved_models = strategy.final_models()
     for folder, tensors in saved_models.items():
-        load_travelling_state(evaluator.model, tensors, what=f"final model {folder}")
-        save_final_model(evaluator.model, outputs.run_dir / folder)
-    evaluator(strategy.global_arrays)
+        model = evaluator.models[strategy.model_family(folder) or next(iter(evaluator.models))]
+        load_travelling_state(model, tensors, what=f"final model {folder}")
+        save_final_model(model, outputs.run_dir / folder)
     rows = outputs.read_metrics()
+    parameters = {family: {"travelling": int(sum(a.size for a in travelling_state(m).values())),
+                           "model": int(sum(p.numel() for p in m.parameters()))}
+                  for family, m in evaluator.models.items()}
     outputs.write_summary({
         "rounds": len(rows),
         "final_eval_accuracy": rows[-1]["eval_accuracy"],
@@ -127,8 +145,10 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         "total_seconds": time.perf_counter() - started,
         "total_bytes_up": sum(r["bytes_up"] for r in rows),
         "total_bytes_down": sum(r["bytes_down"] for r in rows),
-        "travelling_parameters": int(sum(a.size for a in travelling_state(evaluator.model).values())),
-        "model_parameters": int(sum(p.numel() for p in evaluator.model.parameters())),
+        # The run's model, or the first family's; every family's with several backbones.
+        "travelling_parameters": parameters[next(iter(parameters))]["travelling"],
+        "model_parameters": parameters[next(iter(parameters))]["model"],
+        **({"family_parameters": parameters} if len(parameters) > 1 else {}),
         "saved_models": sorted(saved_models),
     })
     outputs.plot()

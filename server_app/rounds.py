@@ -50,16 +50,43 @@ def _weighted_accuracy(replies: list[Message]) -> float | None:
 
 
 # Keys of the clients' train MetricRecord that the row already carries in its own form.
-_CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds"}
+_CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds", "peak_memory_mb"}
 _CLIENT_EVAL_KEYS = {"eval_loss", "eval_accuracy"}
 
 
+def _per_family(strategy: PollenFedAvg, server_evals: dict[str, EvalResult],
+                train_messages: list[Message], train_replies: list[Message],
+                rejected: dict[int, str], bytes_up_of: dict[int, int]) -> dict:
+    """Each family's server accuracy, bytes per client and the clients' peak memory."""
+    family_of = {m.metadata.dst_node_id: strategy.directory.client_of(
+        m.metadata.dst_node_id).family for m in train_messages}
+    trained = [m for m in _valid(train_replies) if m.metadata.src_node_id not in rejected]
+    fields: dict[str, dict] = {"family_accuracy": {f: e.accuracy for f, e in server_evals.items()},
+                               "family_bytes_down_per_client": {},
+                               "family_bytes_up_per_client": {},
+                               "family_peak_memory_mb": {}}
+    for family in server_evals:
+        sent = [m for m in train_messages if family_of[m.metadata.dst_node_id] == family]
+        back = [m for m in trained if family_of.get(m.metadata.src_node_id) == family]
+        if sent:
+            fields["family_bytes_down_per_client"][family] = (
+                sum(array_bytes(m.content) for m in sent) / len(sent))
+        if back:
+            fields["family_bytes_up_per_client"][family] = (
+                sum(bytes_up_of[m.metadata.src_node_id] for m in back) / len(back))
+            fields["family_peak_memory_mb"][family] = max(
+                float(m.content["metrics"]["peak_memory_mb"]) for m in back)
+    return fields
+
+
 def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_round: int,
-              evaluate_global: Callable[[], EvalResult], run_record: dict) -> dict:
+              evaluate_global: Callable[[], dict[str, EvalResult]], run_record: dict) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row.
 
-    ``run_record`` is what every message's config carries (the run config and the
-    label names)."""
+    ``evaluate_global`` evaluates the global model of each family (one, unless the
+    strategy federates several backbones); the row's ``eval_loss``/``eval_accuracy`` are
+    the means over families and ``family_accuracy`` gives each. ``run_record`` is what
+    every message's config carries (the run config and the label names)."""
     started = time.perf_counter()
 
     train_messages = list(strategy.configure_train(
@@ -69,7 +96,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     train_replies = (list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
                      if train_messages else [])  # the server-only baseline sends none
     # As received: aggregation replaces the replies' tensors with their decoded float32 form.
-    bytes_up = sum(array_bytes(m.content) for m in _valid(train_replies))
+    bytes_up_of = {m.metadata.src_node_id: array_bytes(m.content) for m in _valid(train_replies)}
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
     kept_previous_global = strategy.kept_previous_global
@@ -83,7 +110,7 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
 
     server_eval_started = time.perf_counter()
-    server_eval = evaluate_global()
+    server_evals = evaluate_global()
     server_eval_seconds = time.perf_counter() - server_eval_started
     answered = _valid(train_replies)
     trained = [m for m in answered if m.metadata.src_node_id not in rejected]
@@ -97,8 +124,8 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
         "num_failures": (len(train_messages) - len(trained))
                         + (len(eval_messages) - len(evaluated)),
         "train_loss": _metric(train_metrics, "train_loss"),
-        "eval_loss": server_eval.loss,
-        "eval_accuracy": server_eval.accuracy,
+        "eval_loss": sum(e.loss for e in server_evals.values()) / len(server_evals),
+        "eval_accuracy": sum(e.accuracy for e in server_evals.values()) / len(server_evals),
         "client_accuracy": _metric(eval_metrics, "eval_accuracy"),
         "client_loss": _metric(eval_metrics, "eval_loss"),
         "client_accuracy_per_client_mean": (
@@ -116,13 +143,16 @@ def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_roun
                                 config.round_timeout),
         "rejections": sorted(rejected.values()),
         "kept_previous_global": kept_previous_global,
-        "bytes_up": bytes_up,
+        "bytes_up": sum(bytes_up_of.values()),
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
         "client_train_seconds_max": max(train_seconds, default=0.0),
         "server_eval_seconds": server_eval_seconds,
         "round_seconds": time.perf_counter() - started,
     }
+    if len(server_evals) > 1:
+        row.update(_per_family(strategy, server_evals, train_messages, train_replies,
+                               rejected, bytes_up_of))
     # Strategy-specific aggregates (e.g. FedRef's objective) go into the row as they are.
     row.update({k: float(v) for k, v in (train_metrics or {}).items()
                 if k not in _CLIENT_TRAIN_KEYS})

@@ -7,6 +7,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from pollen.config import ConfigError, RunConfig
+from pollen.families import FAMILY_STRATEGIES
 from pollen.server_data import ServerData
 from pollen.training import torch_dataset
 from strategies.atlas import ModelAtlas
@@ -18,11 +19,17 @@ from strategies.fedavg import FedAvg
 from strategies.fedmerge import FedMerge, initial_global_models
 from strategies.fedprox import FedProx
 from strategies.fedref import FedRef
+from strategies.families import FamilyFedAvg
 from strategies.guided import GuidedMerge
+from strategies.heterotune import HeteroTune
+from strategies.hetlora import HetLoRA
 
 STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx,
                                              "fedref": FedRef, "fedmerge": FedMerge,
-                                             "guided": GuidedMerge, "central": Central}
+                                             "guided": GuidedMerge, "central": Central,
+                                             "heterotune": HeteroTune,
+                                             "fedavg-per-family": FamilyFedAvg,
+                                             "hetlora": HetLoRA}
 
 
 def check_strategy_name(name: str) -> None:
@@ -32,11 +39,13 @@ def check_strategy_name(name: str) -> None:
 
 def build_strategy(config: RunConfig, directory: ClientDirectory,
                    initial_arrays: ArrayRecord, template: nn.Module | None,
-                   server_data: ServerData | None = None, modality: str = "") -> PollenFedAvg:
+                   server_data: ServerData | None = None, modality: str = "",
+                   initial_models: dict | None = None) -> PollenFedAvg:
     """The configured strategy; ``template`` is the server's model (same architecture and
     frozen weights as the clients'), needed by strategies that initialise several models
     (fedmerge) or run it on the server's data ``server_data`` (guided, central), whose
-    examples are of ``modality``."""
+    examples are of ``modality``; ``initial_models`` are the travelling tensors of each
+    family's model (heterotune, fedavg-per-family, hetlora)."""
     check_strategy_name(config.strategy)
     common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
                   fraction_train=config.fraction_train,
@@ -60,6 +69,16 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
                                                 config.seed),
             mu=config.fedmerge_mu, lr_w=config.lr_w, lr_theta=config.lr_theta,
             w_tensors=config.fedmerge_w_tensors, w_step=config.fedmerge_w_step, **common)
+    if config.strategy in FAMILY_STRATEGIES:
+        if initial_models is None:
+            raise ValueError(f"{config.strategy} needs every family's initial model")
+        common.pop("initial_arrays")
+        if config.strategy == "heterotune":
+            return HeteroTune(initial_models=initial_models, use_cmga=config.cmga, **common)
+        if config.strategy == "hetlora":
+            return HetLoRA(initial_models=initial_models, ranks=config.hetlora_rank_of,
+                           **common)
+        return FamilyFedAvg(initial_models=initial_models, **common)
     if config.strategy in ("guided", "central"):
         if template is None or server_data is None:
             raise ValueError(f"{config.strategy} needs the server's model and its data")

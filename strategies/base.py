@@ -19,7 +19,7 @@ combined with this class through cooperative inheritance (see ``fedprox.py``).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 
 import numpy as np
@@ -85,6 +85,23 @@ class PollenFedAvg(FedAvg):
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return list(self._construct_messages(record, node_ids, message_type))
+
+    def personal_messages(self, server_round: int, config: ConfigRecord, nodes: list[int],
+                          message_type: str, tensors_for: Callable[[int], dict[str, np.ndarray]]
+                          ) -> list[Message]:
+        """One message per node with that node's own tensors (``tensors_for(node)``);
+        for training, what each node was sent is kept for validation."""
+        config["server-round"] = server_round
+        messages = []
+        for node in nodes:
+            tensors = tensors_for(node)
+            if message_type == MessageType.TRAIN:
+                self.sent[node] = tensors
+            content = RecordDict({self.arrayrecord_key: to_array_record(tensors),
+                                  self.configrecord_key: config})
+            messages.append(Message(content=content, message_type=message_type,
+                                    dst_node_id=node))
+        return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -157,6 +174,11 @@ class PollenFedAvg(FedAvg):
     def final_models(self) -> dict[str, dict[str, np.ndarray]]:
         """Models to save at the end of the run, by folder relative to the run folder."""
         return {"model": from_array_record(self.global_arrays)}
+
+    def model_family(self, folder: str) -> str | None:
+        """The family whose model a ``final_models`` folder is saved with (None: the run's
+        model)."""
+        return None
 
     def state_dict(self) -> StrategyState:
         tensors = {f"global/{k}": v for k, v in from_array_record(self.global_arrays).items()}

@@ -32,6 +32,7 @@ class ClientInfo:
     client_id: str
     num_train: int
     num_test: int
+    family: str = ""  # the backbone the client runs
 
 
 def client_sort_key(client_id: str) -> tuple[int, int, str]:
@@ -72,7 +73,7 @@ class ClientDirectory:
             about = reply.content["client"]
             self._by_node[node] = ClientInfo(
                 node, str(about["client-id"]), int(about["num-train"]),
-                int(about["num-test"]))
+                int(about["num-test"]), str(about.get("family", "")))
             self._names[node] = f"client {about['client-id']}"
         for node in sorted(set(new_nodes) - answered):
             self._failed(strict, f"client on node {node} did not answer within "

@@ -98,23 +98,11 @@ class FedMerge(PollenFedAvg):
     def merged_for(self, client_id: str) -> Tensors:
         return merge(self.thetas, self.weights_of(client_id))
 
+    def _merged_for_node(self, node: int) -> Tensors:
+        return self.merged_for(self.directory.client_of(node).client_id)  # theta_i0
+
     def uniform_merge(self) -> Tensors:
         return merge(self.thetas, np.full(len(self.thetas), 1.0 / len(self.thetas)))
-
-    def _personal_messages(self, server_round: int, config: ConfigRecord, nodes: list[int],
-                           message_type: str) -> list[Message]:
-        config["server-round"] = server_round
-        messages = []
-        for node in nodes:
-            client_id = self.directory.client_of(node).client_id
-            merged = self.merged_for(client_id)
-            if message_type == MessageType.TRAIN:
-                self.sent[node] = merged  # theta_i0
-            content = RecordDict({ARRAYS_KEY: to_array_record(merged),
-                                  self.configrecord_key: config})
-            messages.append(Message(content=content, message_type=message_type,
-                                    dst_node_id=node))
-        return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -122,13 +110,15 @@ class FedMerge(PollenFedAvg):
         self.sent = {}
         nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
                                   server_round, "train")
-        return self._personal_messages(server_round, config, nodes, MessageType.TRAIN)
+        return self.personal_messages(server_round, config, nodes, MessageType.TRAIN,
+                                      self._merged_for_node)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         nodes = self.sample_nodes(grid, self.fraction_evaluate, self.min_evaluate_nodes,
                                   server_round, "evaluate")
-        return self._personal_messages(server_round, config, nodes, MessageType.EVALUATE)
+        return self.personal_messages(server_round, config, nodes, MessageType.EVALUATE,
+                                      self._merged_for_node)
 
     def _w_step(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         step = p[:, None] * g

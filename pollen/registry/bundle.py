@@ -25,7 +25,7 @@ ENCODING_NAMES = {"float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16
 ENCODING_OF = {value: name for name, value in ENCODING_NAMES.items()}
 SCOPE_NAMES = {"global": pb.SCOPE_GLOBAL, "family": pb.SCOPE_FAMILY, "client": pb.SCOPE_CLIENT}
 CHECKED_FIELDS = ("base_model", "base_model_sha256", "adapter_type", "rank", "alpha",
-                  "target_modules", "family", "num_classes")
+                  "target_modules", "family", "num_classes", "experts", "banks")
 
 
 class BundleError(ValueError):
@@ -51,15 +51,28 @@ def base_model_digest(model: nn.Module) -> str:
 def manifest_for(model: nn.Module, config: RunConfig, num_classes: int, *, base_digest: str,
                  scope: str = "global", name: str = "", server_round: int = 0,
                  run_id: str = "") -> pb.AdapterManifest:
-    lora = is_adapter_model(model)
-    return pb.AdapterManifest(
+    """The manifest of ``model``'s adapter (``name`` is the client id or family of a
+    client- or family-scoped adapter)."""
+    from pollen.dema.model import DemaModel
+
+    manifest = pb.AdapterManifest(
         base_model=config.model, base_model_sha256=base_digest,
-        adapter_type=pb.ADAPTER_TYPE_LORA if lora else pb.ADAPTER_TYPE_FULL,
-        rank=config.lora_r if lora else 0, alpha=config.lora_alpha if lora else 0,
-        target_modules=config.target_modules if lora else [], family="",
-        client_id=name if scope == "client" else "", round=server_round,
-        strategy=config.strategy, scope=SCOPE_NAMES[scope], num_classes=num_classes,
-        run_id=run_id)
+        adapter_type=pb.ADAPTER_TYPE_FULL, client_id=name if scope == "client" else "",
+        round=server_round, strategy=config.strategy, scope=SCOPE_NAMES[scope],
+        num_classes=num_classes, run_id=run_id)
+    if is_adapter_model(model):
+        manifest.adapter_type = pb.ADAPTER_TYPE_LORA
+        manifest.rank, manifest.alpha = config.lora_r, config.lora_alpha
+        manifest.target_modules.extend(config.target_modules)
+    elif isinstance(model, DemaModel):
+        dema = model.dema_config
+        manifest.adapter_type = pb.ADAPTER_TYPE_DEMA
+        manifest.rank, manifest.experts, manifest.banks = dema.rank, dema.experts, dema.banks
+        manifest.target_modules.extend(dema.target_modules)
+        manifest.base_model = model.family
+    if scope == "family":
+        manifest.family = name
+    return manifest
 
 
 def _content_digest(manifest: pb.AdapterManifest, tensors) -> str:

@@ -126,26 +126,35 @@ def _restartable(chunks, offset: int):
 def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
                          seed: int = 42) -> pb.AdapterManifest:
     """Check a fetched bundle against the model this machine builds and save it in peft's
-    format (``PeftModel.from_pretrained(base, out_dir)`` loads it) or, for full models,
-    as model.safetensors.
+    format (``PeftModel.from_pretrained(base, out_dir)`` loads it), DeMA's format
+    (``pollen.dema.load_dema_adapter``) or, for full models, as model.safetensors.
 
     The receiving model is ``model_name`` (default: the manifest's base model) with the
     manifest's LoRA settings and classes; ``seed`` matters only for randomly initialised
     bases (tiny-bert), whose frozen weights it determines."""
     from pollen.adapters import load_travelling_state, save_final_model
     from pollen.config import RunConfig
-    from pollen.models import build_model
+    from pollen.families import build_family_model
     from pollen.registry.bundle import base_model_digest, decode_bundle, manifest_for, \
         read_manifest
 
     manifest = read_manifest(data)
-    config = RunConfig(model=model_name or manifest.base_model,
-                       lora_r=max(manifest.rank, 1), lora_alpha=max(manifest.alpha, 1),
-                       lora_target_modules=",".join(manifest.target_modules) or "query,value",
-                       seed=seed)
-    model = build_model(config, manifest.num_classes)
+    base = model_name or manifest.base_model
+    if manifest.adapter_type == pb.ADAPTER_TYPE_DEMA:
+        config = RunConfig(strategy="heterotune", model=base, dema_rank=max(manifest.rank, 1),
+                           dema_experts=max(manifest.experts, 1),
+                           dema_banks=max(manifest.banks, 1),
+                           dema_target_modules=",".join(manifest.target_modules), seed=seed)
+    else:
+        config = RunConfig(model=base, lora_r=max(manifest.rank, 1),
+                           lora_alpha=max(manifest.alpha, 1),
+                           lora_target_modules=",".join(manifest.target_modules) or "query,value",
+                           seed=seed)
+    model = build_family_model(config, base, manifest.num_classes)
     expected = manifest_for(model, config, manifest.num_classes,
-                            base_digest=base_model_digest(model))
+                            base_digest=base_model_digest(model),
+                            scope="family" if manifest.family else "global",
+                            name=manifest.family)
     _, tensors = decode_bundle(data, expected)
     load_travelling_state(model, tensors, what="fetched adapter")
     save_final_model(model, out_dir)

@@ -2,8 +2,9 @@
 
 What a strategy saves at the end (``final_models``) is what it publishes every round:
 ``model`` as the global adapter, ``adapters/clients/<id>`` as client ``<id>``'s
-personalised adapter (FedMerge), ``adapters/families/<f>`` as family ``<f>``'s
-(HeteroTune). Other folders (FedMerge's individual global models) stay in the run folder.
+personalised adapter (FedMerge), and each family's adapter (heterotune and its
+baselines: the folders ``model_family`` names). Other folders (FedMerge's individual
+global models) stay in the run folder.
 
 The publish token comes from the environment (``POLLEN_REGISTRY_TOKEN``, or the file named
 by ``POLLEN_REGISTRY_TOKEN_FILE`` as in the compose file), never from the run config,
@@ -21,6 +22,7 @@ from flwr.common.logger import log
 from torch import nn
 
 from pollen.config import ConfigError, RunConfig
+from pollen.families import FAMILY_STRATEGIES, family_config
 from pollen.registry.bundle import base_model_digest, encode_bundle, manifest_for
 from pollen.registry.client import connect, publish
 
@@ -29,23 +31,25 @@ TOKEN_FILE_VARIABLE = "POLLEN_REGISTRY_TOKEN_FILE"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
-def published_scopes(models: dict[str, dict[str, np.ndarray]]
-                     ) -> list[tuple[str, str, dict[str, np.ndarray]]]:
-    """(scope, name, tensors) for the folders of ``final_models`` that are published."""
+def published_scopes(strategy) -> list[tuple[str, str, str | None, dict[str, np.ndarray]]]:
+    """(scope, name, family, tensors) for the folders of ``final_models`` that are
+    published; family None is the run's model."""
     scopes = []
-    for folder, tensors in sorted(models.items()):
-        if folder == "model":
-            scopes.append(("global", "", tensors))
+    for folder, tensors in sorted(strategy.final_models().items()):
+        family = strategy.model_family(folder)
+        if family is not None:
+            scopes.append(("family", family, family, tensors))
+        elif folder == "model":
+            scopes.append(("global", "", None, tensors))
         elif folder.startswith("adapters/clients/"):
-            scopes.append(("client", folder.rsplit("/", 1)[1], tensors))
-        elif folder.startswith("adapters/families/"):
-            scopes.append(("family", folder.rsplit("/", 1)[1], tensors))
+            scopes.append(("client", folder.rsplit("/", 1)[1], None, tensors))
     return scopes
 
 
 class RegistryPublisher:
-    def __init__(self, config: RunConfig, model: nn.Module, num_classes: int,
+    def __init__(self, config: RunConfig, models: dict[str, nn.Module], num_classes: int,
                  run_id: str) -> None:
+        """``models``: the server's model of each family (the run's model first)."""
         self.token = os.environ.get(TOKEN_VARIABLE, "")
         if not self.token and os.environ.get(TOKEN_FILE_VARIABLE):
             self.token = _read(os.environ[TOKEN_FILE_VARIABLE], TOKEN_FILE_VARIABLE).decode().strip()
@@ -61,18 +65,21 @@ class RegistryPublisher:
             raise ConfigError(f"registry {config.registry_address} is not on this machine: set "
                               "registry-root-certificates to the deployment's CA certificate")
         self.channel = connect(config.registry_address, certificates)
-        self.config, self.model, self.num_classes, self.run_id = config, model, num_classes, run_id
-        self.base_digest = base_model_digest(model)
+        self.config, self.models, self.num_classes, self.run_id = (config, models,
+                                                                   num_classes, run_id)
+        self.base_digests = {family: base_model_digest(m) for family, m in models.items()}
 
-    def publish_round(self, models: dict[str, dict[str, np.ndarray]], server_round: int
-                      ) -> list[str]:
+    def publish_round(self, strategy, server_round: int) -> list[str]:
         """Publish; the keys published, or an error per adapter that failed (logged; the
         run goes on, and its checkpoints hold the same tensors)."""
         results = []
-        for scope, name, tensors in published_scopes(models):
-            manifest = manifest_for(self.model, self.config, self.num_classes,
-                                    base_digest=self.base_digest, scope=scope, name=name,
-                                    server_round=server_round, run_id=self.run_id)
+        for scope, name, family, tensors in published_scopes(strategy):
+            family = family or next(iter(self.models))
+            config = (family_config(self.config, family)
+                      if self.config.strategy in FAMILY_STRATEGIES else self.config)
+            manifest = manifest_for(self.models[family], config, self.num_classes,
+                                    base_digest=self.base_digests[family], scope=scope,
+                                    name=name, server_round=server_round, run_id=self.run_id)
             bundle = encode_bundle(manifest, tensors, self.config.wire_dtype)
             label = f"{scope}{'/' + name if name else ''}@{server_round}"
             try:

@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pollen/v1/adapters.proto\x12\tpollen.v1\"\xad\x02\n\x0f\x41\x64\x61pterManifest\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61se_model_sha256\x18\x02 \x01(\t\x12,\n\x0c\x61\x64\x61pter_type\x18\x03 \x01(\x0e\x32\x16.pollen.v1.AdapterType\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\r\n\x05\x61lpha\x18\x05 \x01(\r\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\r\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x1f\n\x05scope\x18\x0b \x01(\x0e\x32\x10.pollen.v1.Scope\x12\x13\n\x0bnum_classes\x18\x0c \x01(\r\x12\x0e\n\x06run_id\x18\r \x01(\t\"i\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x13.pollen.v1.Encoding\x12\r\n\x05shape\x18\x03 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x01(\x02\"q\n\rAdapterBundle\x12,\n\x08manifest\x18\x01 \x01(\x0b\x32\x1a.pollen.v1.AdapterManifest\x12\"\n\x07tensors\x18\x02 \x03(\x0b\x32\x11.pollen.v1.Tensor\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"P\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\"Z\n\nAdapterKey\x12\x1f\n\x05scope\x18\x01 \x01(\x0e\x32\x10.pollen.v1.Scope\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\"B\n\x0c\x46\x65tchRequest\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"@\n\x0cPublishReply\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x1d\n\x0bListRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x82\x01\n\tListEntry\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12,\n\x08manifest\x18\x02 \x01(\x0b\x32\x1a.pollen.v1.AdapterManifest\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\"2\n\tListReply\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.pollen.v1.ListEntry*p\n\x0b\x41\x64\x61pterType\x12\x1c\n\x18\x41\x44\x41PTER_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x44\x41PTER_TYPE_LORA\x10\x01\x12\x15\n\x11\x41\x44\x41PTER_TYPE_DEMA\x10\x02\x12\x15\n\x11\x41\x44\x41PTER_TYPE_FULL\x10\x03*z\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x02\x12\x15\n\x11\x45NCODING_BFLOAT16\x10\x03\x12\x11\n\rENCODING_INT8\x10\x04*T\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCOPE_GLOBAL\x10\x01\x12\x10\n\x0cSCOPE_FAMILY\x10\x02\x12\x10\n\x0cSCOPE_CLIENT\x10\x03\x32\xb5\x01\n\x0f\x41\x64\x61pterRegistry\x12\x36\n\x07Publish\x12\x10.pollen.v1.Chunk\x1a\x17.pollen.v1.PublishReply(\x01\x12\x34\n\x05\x46\x65tch\x12\x17.pollen.v1.FetchRequest\x1a\x10.pollen.v1.Chunk0\x01\x12\x34\n\x04List\x12\x16.pollen.v1.ListRequest\x1a\x14.pollen.v1.ListReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pollen/v1/adapters.proto\x12\tpollen.v1\"\xcd\x02\n\x0f\x41\x64\x61pterManifest\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x19\n\x11\x62\x61se_model_sha256\x18\x02 \x01(\t\x12,\n\x0c\x61\x64\x61pter_type\x18\x03 \x01(\x0e\x32\x16.pollen.v1.AdapterType\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12\r\n\x05\x61lpha\x18\x05 \x01(\r\x12\x16\n\x0etarget_modules\x18\x06 \x03(\t\x12\x0e\n\x06\x66\x61mily\x18\x07 \x01(\t\x12\x11\n\tclient_id\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\r\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x1f\n\x05scope\x18\x0b \x01(\x0e\x32\x10.pollen.v1.Scope\x12\x13\n\x0bnum_classes\x18\x0c \x01(\r\x12\x0e\n\x06run_id\x18\r \x01(\t\x12\x0f\n\x07\x65xperts\x18\x0e \x01(\r\x12\r\n\x05\x62\x61nks\x18\x0f \x01(\r\"i\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x13.pollen.v1.Encoding\x12\r\n\x05shape\x18\x03 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05scale\x18\x05 \x01(\x02\"q\n\rAdapterBundle\x12,\n\x08manifest\x18\x01 \x01(\x0b\x32\x1a.pollen.v1.AdapterManifest\x12\"\n\x07tensors\x18\x02 \x03(\x0b\x32\x11.pollen.v1.Tensor\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"P\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\"Z\n\nAdapterKey\x12\x1f\n\x05scope\x18\x01 \x01(\x0e\x32\x10.pollen.v1.Scope\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\"B\n\x0c\x46\x65tchRequest\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"@\n\x0cPublishReply\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x1d\n\x0bListRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x82\x01\n\tListEntry\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.pollen.v1.AdapterKey\x12,\n\x08manifest\x18\x02 \x01(\x0b\x32\x1a.pollen.v1.AdapterManifest\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x04 \x01(\t\"2\n\tListReply\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.pollen.v1.ListEntry*p\n\x0b\x41\x64\x61pterType\x12\x1c\n\x18\x41\x44\x41PTER_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41\x44\x41PTER_TYPE_LORA\x10\x01\x12\x15\n\x11\x41\x44\x41PTER_TYPE_DEMA\x10\x02\x12\x15\n\x11\x41\x44\x41PTER_TYPE_FULL\x10\x03*z\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x02\x12\x15\n\x11\x45NCODING_BFLOAT16\x10\x03\x12\x11\n\rENCODING_INT8\x10\x04*T\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCOPE_GLOBAL\x10\x01\x12\x10\n\x0cSCOPE_FAMILY\x10\x02\x12\x10\n\x0cSCOPE_CLIENT\x10\x03\x32\xb5\x01\n\x0f\x41\x64\x61pterRegistry\x12\x36\n\x07Publish\x12\x10.pollen.v1.Chunk\x1a\x17.pollen.v1.PublishReply(\x01\x12\x34\n\x05\x46\x65tch\x12\x17.pollen.v1.FetchRequest\x1a\x10.pollen.v1.Chunk0\x01\x12\x34\n\x04List\x12\x16.pollen.v1.ListRequest\x1a\x14.pollen.v1.ListReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pollen.v1.adapters_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADAPTERTYPE']._serialized_start=1089
-  _globals['_ADAPTERTYPE']._serialized_end=1201
-  _globals['_ENCODING']._serialized_start=1203
-  _globals['_ENCODING']._serialized_end=1325
-  _globals['_SCOPE']._serialized_start=1327
-  _globals['_SCOPE']._serialized_end=1411
+  _globals['_ADAPTERTYPE']._serialized_start=1121
+  _globals['_ADAPTERTYPE']._serialized_end=1233
+  _globals['_ENCODING']._serialized_start=1235
+  _globals['_ENCODING']._serialized_end=1357
+  _globals['_SCOPE']._serialized_start=1359
+  _globals['_SCOPE']._serialized_end=1443
   _globals['_ADAPTERMANIFEST']._serialized_start=40
-  _globals['_ADAPTERMANIFEST']._serialized_end=341
-  _globals['_TENSOR']._serialized_start=343
-  _globals['_TENSOR']._serialized_end=448
-  _globals['_ADAPTERBUNDLE']._serialized_start=450
-  _globals['_ADAPTERBUNDLE']._serialized_end=563
-  _globals['_CHUNK']._serialized_start=565
-  _globals['_CHUNK']._serialized_end=645
-  _globals['_ADAPTERKEY']._serialized_start=647
-  _globals['_ADAPTERKEY']._serialized_end=737
-  _globals['_FETCHREQUEST']._serialized_start=739
-  _globals['_FETCHREQUEST']._serialized_end=805
-  _globals['_PUBLISHREPLY']._serialized_start=807
-  _globals['_PUBLISHREPLY']._serialized_end=871
-  _globals['_LISTREQUEST']._serialized_start=873
-  _globals['_LISTREQUEST']._serialized_end=902
-  _globals['_LISTENTRY']._serialized_start=905
-  _globals['_LISTENTRY']._serialized_end=1035
-  _globals['_LISTREPLY']._serialized_start=1037
-  _globals['_LISTREPLY']._serialized_end=1087
-  _globals['_ADAPTERREGISTRY']._serialized_start=1414
-  _globals['_ADAPTERREGISTRY']._serialized_end=1595
+  _globals['_ADAPTERMANIFEST']._serialized_end=373
+  _globals['_TENSOR']._serialized_start=375
+  _globals['_TENSOR']._serialized_end=480
+  _globals['_ADAPTERBUNDLE']._serialized_start=482
+  _globals['_ADAPTERBUNDLE']._serialized_end=595
+  _globals['_CHUNK']._serialized_start=597
+  _globals['_CHUNK']._serialized_end=677
+  _globals['_ADAPTERKEY']._serialized_start=679
+  _globals['_ADAPTERKEY']._serialized_end=769
+  _globals['_FETCHREQUEST']._serialized_start=771
+  _globals['_FETCHREQUEST']._serialized_end=837
+  _globals['_PUBLISHREPLY']._serialized_start=839
+  _globals['_PUBLISHREPLY']._serialized_end=903
+  _globals['_LISTREQUEST']._serialized_start=905
+  _globals['_LISTREQUEST']._serialized_end=934
+  _globals['_LISTENTRY']._serialized_start=937
+  _globals['_LISTENTRY']._serialized_end=1067
+  _globals['_LISTREPLY']._serialized_start=1069
+  _globals['_LISTREPLY']._serialized_end=1119
+  _globals['_ADAPTERREGISTRY']._serialized_start=1446
+  _globals['_ADAPTERREGISTRY']._serialized_end=1627
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ SCOPE_FAMILY: Scope
 SCOPE_CLIENT: Scope
 
 class AdapterManifest(_message.Message):
-    __slots__ = ("base_model", "base_model_sha256", "adapter_type", "rank", "alpha", "target_modules", "family", "client_id", "round", "strategy", "scope", "num_classes", "run_id")
+    __slots__ = ("base_model", "base_model_sha256", "adapter_type", "rank", "alpha", "target_modules", "family", "client_id", "round", "strategy", "scope", "num_classes", "run_id", "experts", "banks")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,8 @@ class AdapterManifest(_message.Message):
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    BANKS_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     base_model_sha256: str
     adapter_type: AdapterType
@@ -70,7 +72,9 @@ class AdapterManifest(_message.Message):
     scope: Scope
     num_classes: int
     run_id: str
-    def __init__(self, base_model: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., adapter_type: _Optional[_Union[AdapterType, str]] = ..., rank: _Optional[int] = ..., alpha: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., client_id: _Optional[str] = ..., round: _Optional[int] = ..., strategy: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., num_classes: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
+    experts: int
+    banks: int
+    def __init__(self, base_model: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., adapter_type: _Optional[_Union[AdapterType, str]] = ..., rank: _Optional[int] = ..., alpha: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., client_id: _Optional[str] = ..., round: _Optional[int] = ..., strategy: _Optional[str] = ..., scope: _Optional[_Union[Scope, str]] = ..., num_classes: _Optional[int] = ..., run_id: _Optional[str] = ..., experts: _Optional[int] = ..., banks: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "encoding", "shape", "data", "scale")

@@ -1,0 +1,109 @@
+"""DeMA injected into a transformers encoder.
+
+Every target linear layer (``DemaConfig.target_modules``, matched on the last part of
+its name) inside ``encoder.layer.<l>`` of an L-layer backbone becomes a ``DemaLinear``
+that uses bank floor(l * B / L) of its module: layers at the same relative depth share
+experts, whatever the depth of the backbone.
+
+Tensor names (what travels): ``banks.<b>.<module>.experts`` / ``.gate`` are shared by
+every family; ``backbone.<...>.down.weight`` / ``.up.weight`` and the classifier head
+(``backbone.classifier.*``) belong to the family.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pollen.config import ConfigError
+from pollen.dema.config import DemaConfig
+from pollen.dema.layer import DemaLinear, ExpertBank
+from pollen.seeding import derive_seed
+
+SHARED_PREFIX = "banks."
+_LAYER_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+
+class DemaModel(nn.Module):
+    def __init__(self, backbone: nn.Module, banks: nn.ModuleDict, config: DemaConfig,
+                 family: str) -> None:
+        super().__init__()
+        self.backbone, self.banks = backbone, banks
+        self.dema_config, self.family = config, family
+
+    def forward(self, **inputs):
+        return self.backbone(**inputs)
+
+
+def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaModel:
+    """Freeze the backbone except its classifier head and add DeMA layers in place."""
+    num_layers = backbone.config.num_hidden_layers
+    torch.manual_seed(derive_seed(config.seed, "dema-banks"))
+    banks = nn.ModuleDict({
+        str(b): nn.ModuleDict({m: ExpertBank(config.rank, config.experts)
+                               for m in config.target_modules})
+        for b in range(config.banks)})
+    targets = [(name, module) for name, module in backbone.named_modules()
+               if name.rsplit(".", 1)[-1] in config.target_modules
+               and isinstance(module, nn.Linear) and _LAYER_INDEX.search(name)]
+    missing = set(config.target_modules) - {name.rsplit(".", 1)[-1] for name, _ in targets}
+    if missing:
+        raise ConfigError(f"dema-target-modules {sorted(missing)} are not linear layers of "
+                          f"the encoder layers of '{family}'")
+    for parameter in backbone.parameters():
+        parameter.requires_grad = False
+    torch.manual_seed(derive_seed(config.seed, "dema", family))
+    for name, linear in targets:
+        layer = int(_LAYER_INDEX.search(name).group(1))
+        module = name.rsplit(".", 1)[-1]
+        bank = banks[str(layer * config.banks // num_layers)][module]
+        parent = backbone.get_submodule(name.rsplit(".", 1)[0])
+        setattr(parent, module, DemaLinear(linear, bank, config.rank))
+    for name, parameter in backbone.named_parameters():
+        if "classifier" in name.split("."):
+            parameter.requires_grad = True
+    return DemaModel(backbone, banks, config, family)
+
+
+def is_shared(name: str) -> bool:
+    return name.startswith(SHARED_PREFIX)
+
+
+ADAPTER_FILE = "dema_adapter.safetensors"
+CONFIG_FILE = "dema_config.json"
+
+
+def save_dema_adapter(model: DemaModel, out_dir: Path) -> Path:
+    """The travelling tensors (shared banks, family projections, head) and the settings."""
+    from safetensors.torch import save_file
+
+    from pollen.adapters import travelling_state
+
+    settings = {**asdict(model.dema_config), "family": model.family,
+                "num_classes": model.backbone.config.num_labels}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(settings, indent=2))
+    tensors = {k: torch.from_numpy(v) for k, v in travelling_state(model).items()}
+    save_file(tensors, out_dir / ADAPTER_FILE)
+    return out_dir / ADAPTER_FILE
+
+
+def load_dema_adapter(folder: Path) -> DemaModel:
+    """A saved DeMA adapter on its own backbone: the family's pretrained (or seeded) base
+    built by ``pollen.models.build_backbone``, DeMA injected, the saved tensors loaded."""
+    from safetensors.numpy import load_file
+
+    from pollen.adapters import load_travelling_state
+    from pollen.models import build_backbone
+
+    settings = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    family, num_classes = settings.pop("family"), settings.pop("num_classes")
+    config = DemaConfig(**{**settings, "target_modules": tuple(settings["target_modules"])})
+    model = inject_dema(build_backbone(family, num_classes, config.seed), config, family)
+    load_travelling_state(model, load_file(Path(folder) / ADAPTER_FILE),
+                          what=f"DeMA adapter in {folder}")
+    return model

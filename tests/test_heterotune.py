@@ -1,0 +1,222 @@
+"""HeteroTune (DeMA + CMGA) and its baselines across backbones of different widths/depths."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from client_app.app import app as client_app
+from pollen.adapters import travelling_state
+from pollen.config import ConfigError, RunConfig
+from pollen.data import load_task
+from pollen.dema.model import is_shared, load_dema_adapter
+from pollen.families import build_family_model, family_of
+from pollen.models import build_backbone
+from pollen.records import from_array_record, to_array_record
+from pollen.training import evaluate, make_loader, torch_dataset
+from server_app.app import run
+from strategies import build_strategy
+from strategies.directory import ClientDirectory
+from strategies.heterotune import cmga, conflict_fraction
+from tests.localgrid import LocalGrid
+
+WIDTHS = "tiny-bert,tiny-bert-w64"  # hidden 32 / 2 layers and hidden 64 / 3 layers
+
+
+def hetero(**overrides) -> RunConfig:
+    return RunConfig.from_mapping({"strategy": "heterotune", "model-families": WIDTHS,
+                                   "model": "tiny-bert", **overrides})
+
+
+@pytest.mark.parametrize("family", ["tiny-bert", "minilm-l2"])
+def test_dema_leaves_the_backbone_unchanged_at_initialisation(family):
+    config = hetero(**{"model-families": family, "model": family})
+    adapted = build_family_model(config, family, 4).eval()
+    plain = build_backbone(family, 4, config.seed).eval()
+    ids = torch.randint(0, 1000, (3, 10))
+    with torch.no_grad():
+        assert torch.equal(adapted(input_ids=ids).logits, plain(input_ids=ids).logits)
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable == set(travelling_state(adapted))
+    assert all(is_shared(n) or ".down." in n or ".up." in n or "classifier" in n
+               for n in trainable)
+
+
+def test_shared_tensors_match_across_widths_and_family_tensors_do_not():
+    config = hetero()
+    small, wide = (travelling_state(build_family_model(config, f, 4)) for f in WIDTHS.split(","))
+    shared = sorted(n for n in small if is_shared(n))
+    assert shared and shared == sorted(n for n in wide if is_shared(n))
+    for name in shared:  # same shape and the same initial values in every family
+        assert np.array_equal(small[name], wide[name])
+    assert len(shared) == 2 * config.dema_banks * 2  # experts + gate, per bank and module
+    down = "query.down.weight"
+    assert {v.shape for n, v in small.items() if n.endswith(down)} == {(8, 32)}
+    assert {v.shape for n, v in wide.items() if n.endswith(down)} == {(8, 64)}
+
+
+def test_cmga_removes_negative_inner_products_and_keeps_agreeing_updates():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=50)
+    v = -u + 0.3 * rng.normal(size=50)  # in conflict with u
+    w = rng.normal(size=50)
+    assert u @ v < 0 and conflict_fraction([u, v]) == 1.0
+    projected = cmga([u, v], order_seed=1)
+    assert projected[0] @ v == pytest.approx(0.0, abs=1e-9)
+    assert projected[1] @ u == pytest.approx(0.0, abs=1e-9)
+    agreeing = [u, u + 0.1 * w, 2 * u]
+    assert conflict_fraction(agreeing) == 0.0
+    assert all(np.array_equal(a, b) for a, b in zip(cmga(agreeing, 3), agreeing))
+
+
+def describe_family(msg: Message, context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    about = ConfigRecord({"client-id": str(partition), "num-train": 10, "num-test": 2,
+                          "family": WIDTHS.split(",")[partition % 2]})
+    return Message(RecordDict({"client": about}), reply_to=msg)
+
+
+def strategy_over(config: RunConfig, grid: LocalGrid):
+    directory = ClientDirectory(config.to_mapping(), timeout=10)
+    directory.refresh(grid, strict=True)
+    models = {f: travelling_state(build_family_model(config, f, 4)) for f in config.families}
+    return build_strategy(config, directory, to_array_record({}), None,
+                          initial_models=models)
+
+
+def answer(message, offset, num_examples):
+    sent = from_array_record(message.content["arrays"])
+    message.metadata.__dict__["_message_id"] = f"m{message.metadata.dst_node_id}"
+    tensors = {k: v + np.float32(offset) for k, v in sent.items()}
+    return Message(RecordDict({"arrays": to_array_record(tensors), "metrics": MetricRecord(
+        {"num-examples": num_examples, "train_loss": 1.0, "peak_memory_mb": 1.0})}),
+        reply_to=message), sent
+
+
+@pytest.mark.parametrize("use_cmga", [True, False])
+def test_family_tensors_never_mix_and_shared_ones_combine_by_family(use_cmga):
+    config = hetero(cmga=use_cmga)
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid)
+    before = {f: dict(t) for f, t in strategy.global_models().items()}
+    messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
+    family = {m.metadata.dst_node_id: strategy.directory.client_of(m.metadata.dst_node_id).family
+              for m in messages}
+    # tiny-bert clients move every tensor by +1 and +3 (10 and 30 examples); the wide
+    # family's clients by -2 and -2 (so the shared updates conflict).
+    offsets = {"tiny-bert": [(1.0, 10), (3.0, 30)], "tiny-bert-w64": [(-2.0, 20), (-2.0, 20)]}
+    replies = []
+    for message in messages:
+        offset, count = offsets[family[message.metadata.dst_node_id]].pop(0)
+        replies.append(answer(message, offset, count)[0])
+        assert set(from_array_record(message.content["arrays"])) == set(before[family[
+            message.metadata.dst_node_id]])  # a client receives its own family's model only
+    strategy.aggregate_train(1, replies)
+    after = strategy.global_models()
+    for name, value in before["tiny-bert"].items():
+        if not is_shared(name):
+            np.testing.assert_allclose(after["tiny-bert"][name], value + 2.5, atol=1e-5)
+    for name, value in before["tiny-bert-w64"].items():
+        if not is_shared(name):
+            np.testing.assert_allclose(after["tiny-bert-w64"][name], value - 2.0, atol=1e-5)
+    shared = [n for n in before["tiny-bert"] if is_shared(n)]
+    steps = {n: after["tiny-bert"][n] - before["tiny-bert"][n] for n in shared}
+    assert all(np.array_equal(after["tiny-bert"][n], after["tiny-bert-w64"][n]) for n in shared)
+    assert strategy.round_metrics()["cmga_conflict_fraction"] == 1.0
+    if use_cmga:  # u = (+2.5, -2.0) everywhere: both are projected to zero
+        assert all(np.allclose(step, 0.0, atol=1e-5) for step in steps.values())
+    else:  # sample-weighted: (40 * 2.5 - 40 * 2.0) / 80 = 0.25
+        assert all(np.allclose(step, 0.25, atol=1e-5) for step in steps.values())
+
+
+def test_state_round_trip_gives_the_same_next_round():
+    config = hetero()
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid)
+    messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
+    strategy.aggregate_train(1, [answer(m, 0.1 * (i + 1), 10)[0] for i, m in enumerate(messages)])
+    state = strategy.state_dict()
+    restored = strategy_over(config, grid)
+    restored.load_state_dict({"meta": json.loads(json.dumps(state["meta"])),
+                              "tensors": state["tensors"]})
+    for family, tensors in strategy.global_models().items():
+        other = restored.global_models()[family]
+        assert tensors.keys() == other.keys()
+        assert all(np.array_equal(v, other[k]) for k, v in tensors.items())
+
+
+def test_families_are_assigned_round_robin_by_mapping_or_by_node_config():
+    config = hetero(**{"family-assignment": "3:tiny-bert"})
+    assert [family_of(config, str(i)) for i in range(4)] == [
+        "tiny-bert", "tiny-bert-w64", "tiny-bert", "tiny-bert"]
+    assert family_of(config, "alice", node_model="tiny-bert-w64") == "tiny-bert-w64"
+    with pytest.raises(ConfigError, match="client 'alice' has no family"):
+        family_of(config, "alice")
+    with pytest.raises(ConfigError, match="'minilm', which is not among model-families"):
+        family_of(config, "0", node_model="minilm")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model-families": "tiny-bert,gpt-9"}, "unknown model family 'gpt-9'"),
+    ({"dema-rank": 0}, "dema-rank must be >= 1"),
+    ({"strategy": "fedavg"}, "model-families is for the strategies that federate"),
+    ({"family-assignment": "0:minilm"}, "must be client:family with a family of"),
+    ({"strategy": "hetlora", "model-families": "minilm-l2,minilm"}, "hetlora-ranks must give"),
+])
+def test_bad_family_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        hetero(**overrides)
+
+
+def test_a_target_module_the_backbone_lacks_is_refused_before_training(tmp_path, topics_csv):
+    config = hetero(**{"dema-target-modules": "query,gate_proj", "dataset": str(topics_csv),
+                       "output-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"dema-target-modules \['gate_proj'\] are not"):
+        run(LocalGrid.simulation(client_app, num_nodes=2), config)
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, topics_csv):
+    config = hetero(**{"dataset": str(topics_csv), "lr": 0.05, "local-epochs": 3,
+                       "max-seq-len": 16, "partitioner": "iid", "num-server-rounds": 2,
+                       "output-dir": str(tmp_path), "run-name": "hetero"})
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
+    rows = outputs.read_metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    last = rows[-1]
+    assert set(last["family_accuracy"]) == set(WIDTHS.split(","))
+    assert last["eval_accuracy"] == pytest.approx(np.mean(list(last["family_accuracy"].values())))
+    assert last["eval_accuracy"] > 0.4  # chance is 0.25
+    ups = last["family_bytes_up_per_client"]
+    assert ups["tiny-bert"] < ups["tiny-bert-w64"]  # the wide family's projections are larger
+    assert all(v > 0 for v in last["family_peak_memory_mb"].values())
+    assert 0.0 <= last["cmga_conflict_fraction"] <= 1.0
+    task = load_task(config)
+    for family, accuracy in last["family_accuracy"].items():
+        model = load_dema_adapter(outputs.run_dir / "adapters" / family)
+        test = torch_dataset(task.server_test, "text", family, config.max_seq_len)
+        result = evaluate(model, make_loader(test, 32, shuffle=False, seed=0),
+                          torch.device("cpu"))
+        assert result.accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("strategy, families, extra", [
+    ("fedavg-per-family", WIDTHS, {}),
+    ("hetlora", "minilm-l2,minilm-l4", {"hetlora-ranks": "2,4", "lr": 0.003}),
+])
+def test_the_baselines_run_in_the_same_code_path(tmp_path, topics_csv, strategy, families,
+                                                 extra):
+    config = RunConfig.from_mapping({
+        "strategy": strategy, "model-families": families, "dataset": str(topics_csv),
+        "lr": 0.05, "local-epochs": 2, "max-seq-len": 16, "partitioner": "iid",
+        "num-server-rounds": 1, "output-dir": str(tmp_path), "run-name": strategy, **extra})
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
+    row = outputs.read_metrics()[0]
+    assert set(row["family_accuracy"]) == set(families.split(","))
+    assert sorted(p.name for p in (outputs.run_dir / "adapters").iterdir()) == sorted(
+        families.split(","))
+    if strategy == "hetlora":  # the rank-2 family receives the rank-4 global truncated
+        down = row["family_bytes_down_per_client"]
+        assert down["minilm-l2"] < down["minilm-l4"]
