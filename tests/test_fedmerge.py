@@ -5,7 +5,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from client_app.app import app as client_app
-from pollen.adapters import reinitialise_travelling, travelling_state
+from pollen.adapters import reinitialise_travelling
 from pollen.config import ConfigError, RunConfig
 from pollen.models import build_model
 from pollen.records import from_array_record, to_array_record
