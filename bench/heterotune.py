@@ -38,7 +38,6 @@ ROWS = [("heterotune (CMGA on)", {"strategy": "heterotune", "cmga": True}),
 
 
 def agnews(rounds: int) -> None:
-    from pollen.config import RunConfig
     from pollen.models import build_backbone
 
     full_bytes = {f: 4 * sum(p.numel() for p in build_backbone(f, 4, 42).parameters())
@@ -49,7 +48,6 @@ def agnews(rounds: int) -> None:
                                     "heterotune-" + label.split()[0] + (
                                         "-off" if "off" in label else ""))
         results[label] = (rows, seconds)
-    RunConfig.from_mapping({**COMMON, "strategy": "heterotune"})  # the settings are valid
     lines = [f"AG News, 9 clients (3 x minilm-l2, 3 x minilm-l4, 3 x minilm), Dirichlet 0.5, "
              f"{rounds} rounds, lr 0.003, 1 local epoch, seed 42. DeMA: rank 8, 4 experts, 2 "
              "banks on query/value; LoRA r=8 (hetlora: 4/8/16). Accuracy of each family's "

@@ -77,6 +77,7 @@ class RunConfig:
     server_data: str = ""
     server_data_labeled: bool = True
     server_data_holdout: float = 0.25
+    unlabeled_loss: str = "im"
     atlas_size: int = 10
     max_staleness: int = 2
     guided_granularity: str = "vector"
@@ -298,6 +299,7 @@ class RunConfig:
         if not (self.server_data_fraction == 0.0 or 0.0 < self.server_data_fraction < 1.0):
             raise ConfigError("server-data-fraction must be in (0, 1), or 0 for no server-held "
                               f"data; got {self.server_data_fraction}")
+        _choice("unlabeled-loss", self.unlabeled_loss, ("im", "entropy"))
         if not 0.0 < self.server_data_holdout < 1.0:
             raise ConfigError(f"server-data-holdout must be in (0, 1), got "
                               f"{self.server_data_holdout}")

@@ -94,7 +94,8 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
                            batch_size=config.batch_size, **common)
         search = CoefficientSearch(
             template, convert(server_data.search), convert(server_data.holdout),
-            labeled=server_data.labeled, granularity=config.guided_granularity,
+            loss="ce" if server_data.labeled else config.unlabeled_loss,
+            granularity=config.guided_granularity,
             steps=config.search_steps, lr=config.search_lr,
             batch_size=config.search_batch_size, device=device)
         atlas = ModelAtlas(config.atlas_size, config.max_staleness, config.eviction_patience)

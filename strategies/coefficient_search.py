@@ -12,8 +12,16 @@ global w:
     fallback      on the held-out part of D_s, keep w(c*) only if its loss is below the
                   plain average's; otherwise the plain average is the new global.
 
-L_s is cross-entropy when D_s is labeled, else the mean prediction entropy
-(entropy minimisation: our reading of the paper's surrogate loss, methods.md §1).
+L_s is cross-entropy when D_s is labeled. Without labels (``unlabeled-loss``):
+- ``entropy``: the mean prediction entropy E[H(p(x))], entropy minimisation, methods.md's
+  reading of the paper's surrogate loss. Measured here (docs/benchmarks/guided-digits.md,
+  setting b) it collapses: scaling the coefficients up makes every prediction confident
+  in one class, which minimises it, and the fallback check, judged by the same loss,
+  cannot see it.
+- ``im`` (default): information maximisation, E[H(p(x))] - H(E[p(x)]) over each batch:
+  entropy minimisation plus a diversity term that is lowest when the batch's predictions
+  spread over the classes, so one confident class no longer minimises it (the
+  regulariser of SHOT, Liang et al. 2020, and of Mosaic's generator).
 
 The paper's start is c_m = ||a_m|| / M; we weight by p_m so that the start is exactly
 Flower's sample-weighted FedAvg (the two agree when clients hold equal amounts of data).
@@ -40,12 +48,19 @@ from pollen.training import logits_of, make_loader
 Tensors = dict[str, np.ndarray]
 
 
-def server_loss(logits: torch.Tensor, labels: torch.Tensor, labeled: bool) -> torch.Tensor:
-    """Cross-entropy, or without labels the mean entropy of the predicted distribution."""
-    if labeled:
+SERVER_LOSSES = ("ce", "entropy", "im")
+
+
+def server_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """``ce``, ``entropy`` or ``im`` (module docstring) of a batch."""
+    if loss == "ce":
         return F.cross_entropy(logits, labels)
     log_probs = F.log_softmax(logits, dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1).mean()
+    entropy = -(log_probs.exp() * log_probs).sum(dim=-1).mean()
+    if loss == "entropy":
+        return entropy
+    mean_probs = log_probs.exp().mean(dim=0)
+    return entropy + (mean_probs * torch.log(mean_probs.clamp_min(1e-12))).sum()
 
 
 @dataclass(frozen=True)
@@ -66,9 +81,11 @@ class MergeOutcome:
 
 class CoefficientSearch:
     def __init__(self, model: nn.Module, search_set: datasets.Dataset,
-                 holdout_set: datasets.Dataset, *, labeled: bool, granularity: str,
+                 holdout_set: datasets.Dataset, *, loss: str, granularity: str,
                  steps: int, lr: float, batch_size: int, device: torch.device) -> None:
-        self.model, self.labeled, self.granularity = model, labeled, granularity
+        if loss not in SERVER_LOSSES:
+            raise ValueError(f"unknown server loss '{loss}'; choose one of {SERVER_LOSSES}")
+        self.model, self.loss, self.granularity = model, loss, granularity
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
         self.device = device
         self.search_set, self.holdout_set = search_set, holdout_set
@@ -103,7 +120,7 @@ class CoefficientSearch:
             with autocast(self.device):
                 logits = logits_of(self.model, batch, self.device,
                                    merged_params(coefficients)).float()
-            loss = server_loss(logits, batch["label"].to(self.device), self.labeled)
+            loss = server_loss(logits, batch["label"].to(self.device), self.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -160,13 +177,14 @@ class CoefficientSearch:
 
     def _mean_loss(self, params: dict[str, torch.Tensor], split: datasets.Dataset
                    ) -> tuple[float, float | None]:
-        """Mean L_s over a split (and accuracy when labeled), one pass, no gradients."""
+        """Mean L_s over a split's batches, weighted by their sizes (and the accuracy when
+        labeled), one pass, no gradients."""
         total, correct, count = 0.0, 0, 0
         for batch in make_loader(split, self.batch_size, shuffle=False, seed=0):
             labels = batch["label"].to(self.device)
             with autocast(self.device):
                 logits = logits_of(self.model, batch, self.device, params).float()
-            total += server_loss(logits, labels, self.labeled).item() * len(labels)
+            total += server_loss(logits, labels, self.loss).item() * len(labels)
             correct += (logits.argmax(dim=-1) == labels).sum().item()
             count += len(labels)
-        return total / count, (correct / count if self.labeled else None)
+        return total / count, (correct / count if self.loss == "ce" else None)

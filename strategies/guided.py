@@ -48,11 +48,11 @@ class GuidedMerge(PollenFedAvg):
     def summary(self) -> None:
         log(INFO, "\t├──> Guided merging: atlas size %d, max staleness %d, eviction after "
             "%d searches with c <= 0, %s coefficients, %d search steps (lr %g, batch %d) on "
-            "%d %s server examples + %d held out", self.atlas.size, self.atlas.max_staleness,
-            self.atlas.patience, "per-tensor" if self.search.granularity == "tensor"
-            else "per-update", self.search.steps, self.search.lr, self.search.batch_size,
-            len(self.search.search_set), "labeled" if self.search.labeled else "unlabeled",
-            len(self.search.holdout_set))
+            "%d server examples + %d held out, loss %s", self.atlas.size,
+            self.atlas.max_staleness, self.atlas.patience,
+            "per-tensor" if self.search.granularity == "tensor" else "per-update",
+            self.search.steps, self.search.lr, self.search.batch_size,
+            len(self.search.search_set), len(self.search.holdout_set), self.search.loss)
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -322,3 +322,15 @@ def test_two_rounds_end_to_end(tmp_path, strategy):
         assert rows[-1]["num_replies"] == 0 and rows[-1]["bytes_up"] == 0
         assert rows[-1]["client_accuracy"] is not None
     assert (outputs.run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_information_maximisation_prefers_diverse_predictions_to_a_collapse():
+    from strategies.coefficient_search import server_loss
+
+    unlabeled = torch.full((4,), -1)
+    collapsed = torch.tensor([[20.0, 0.0, 0.0, 0.0]] * 4)  # one confident class for all
+    diverse = torch.eye(4) * 20.0  # confident, and spread over the classes
+    assert server_loss(collapsed, unlabeled, "entropy").item() == pytest.approx(
+        server_loss(diverse, unlabeled, "entropy").item(), abs=1e-6)
+    assert server_loss(diverse, unlabeled, "im") < server_loss(collapsed, unlabeled, "im") - 1.0
+    assert server_loss(diverse, unlabeled, "im").item() == pytest.approx(-np.log(4), abs=1e-4)
