@@ -96,10 +96,10 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     log(INFO, "%d clients: %s", len(clients),
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
 
-    initial = to_array_record(travelling_state(evaluator.model))
-    strategy = build_strategy(config, directory, initial, evaluator.model, server_data,
-                              task.modality, {family: travelling_state(model) for family, model
-                                              in evaluator.models.items()})
+    initial_models = {family: travelling_state(m) for family, m in evaluator.models.items()}
+    strategy = build_strategy(config, directory,
+                              to_array_record(initial_models[next(iter(initial_models))]),
+                              evaluator.model, server_data, task.modality, initial_models)
     strategy.summary()
     if checkpoint is None:
         outputs, first_round = RunOutputs.create(config), 1

@@ -74,8 +74,10 @@ def _per_family(strategy: PollenFedAvg, server_evals: dict[str, EvalResult],
         if back:
             fields["family_bytes_up_per_client"][family] = (
                 sum(bytes_up_of[m.metadata.src_node_id] for m in back) / len(back))
-            fields["family_peak_memory_mb"][family] = max(
-                float(m.content["metrics"]["peak_memory_mb"]) for m in back)
+            peaks = [float(m.content["metrics"]["peak_memory_mb"]) for m in back
+                     if "peak_memory_mb" in m.content["metrics"]]
+            if peaks:
+                fields["family_peak_memory_mb"][family] = max(peaks)
     return fields
 
 
