@@ -68,7 +68,8 @@ class GuidedMerge(PollenFedAvg):
                 node = reply.metadata.src_node_id
                 client = self.directory.client_of(node).client_id
                 stamp = reply.content["metrics"].get(GLOBAL_ROUND_KEY)
-                if stamp is None or int(stamp) not in self.globals:
+                if not (isinstance(stamp, (int, float)) and float(stamp).is_integer()
+                        and int(stamp) in self.globals):
                     self.rejected[node] = (f"client {client}: reply stamped with global "
                                            f"{stamp}, which the server does not keep (it "
                                            f"keeps {sorted(self.globals)})")

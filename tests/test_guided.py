@@ -247,12 +247,14 @@ def test_replies_without_a_known_round_stamp_are_rejected(grid):
     base = from_array_record(strategy.global_arrays)
     replies = [reply(messages[0], trained_like(base, 0), 10),
                reply(messages[1], trained_like(base, 1), 10, stamp=None),
-               reply(messages[2], trained_like(base, 2), 10, stamp=7)]
+               reply(messages[2], trained_like(base, 2), 10, stamp=7),
+               reply(messages[3], trained_like(base, 3), 10, stamp=float("nan"))]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert sorted(strategy.rejected.values()) == [
         "client c1: reply stamped with global None, which the server does not keep (it keeps [0])",
-        "client c2: reply stamped with global 7, which the server does not keep (it keeps [0])"]
+        "client c2: reply stamped with global 7, which the server does not keep (it keeps [0])",
+        "client c3: reply stamped with global nan, which the server does not keep (it keeps [0])"]
     assert [c["client"] for c in strategy.round_metrics()["guided_coefficients"]] == ["c0"]
 
 
