@@ -25,7 +25,7 @@ WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")  # pollen.wire.ENCODING
 DIGITS_SHIFTED = "digits-shifted"
 GUIDED_GRANULARITIES = ("vector", "tensor")
 # Strategies that federate clients running different backbones (``pollen.families``).
-FAMILY_STRATEGIES = ("heterotune", "fedavg-per-family", "hetlora")
+FAMILY_STRATEGIES = ("heterotune", "fedavg-per-family", "hetlora", "mosaic")
 # Strategies whose server trains on server-held data (``server-data-fraction``/``server-data``).
 SERVER_DATA_STRATEGIES = ("guided", "central")
 
@@ -93,6 +93,20 @@ class RunConfig:
     dema_target_modules: str = "query,value"
     cmga: bool = True
     hetlora_ranks: str = ""
+    mosaic_warmup_rounds: int = 2
+    mosaic_prototypes: int = 5
+    mosaic_generator_steps: int = 500
+    mosaic_generator_lr: float = 0.001
+    mosaic_adversarial_weight: float = 1.0
+    mosaic_entropy_weight: float = 0.0
+    mosaic_diversity_weight: float = 5.0
+    mosaic_sequence_length: int = 16
+    mosaic_meta_steps: int = 150
+    mosaic_distill_steps: int = 200
+    mosaic_distill_lr: float = 0.0001
+    mosaic_samples_per_generator: int = 32
+    mosaic_temperature: float = 1.0
+    mosaic_student_family: str = ""
     client_label_noise: float = 0.0
     noisy_client_fraction: float = 1.0
     checkpoint_every: int = 1
@@ -200,6 +214,7 @@ class RunConfig:
         _choice("fedmerge-w-step", self.fedmerge_w_step, ("plain", "official"))
         self._validate_server_data()
         self._validate_families()
+        self._validate_mosaic()
         _at_least("atlas-size", self.atlas_size, 1)
         _at_least("max-staleness", self.max_staleness, 0)
         _choice("guided-granularity", self.guided_granularity, GUIDED_GRANULARITIES)
@@ -321,6 +336,38 @@ class RunConfig:
         if self.strategy == "central" and not self.server_data_labeled:
             raise ConfigError("strategy 'central' trains on the server's labels: it needs "
                               "server-data-labeled = true")
+
+    def _validate_mosaic(self) -> None:
+        for key, value in (("mosaic-prototypes", self.mosaic_prototypes),
+                           ("mosaic-generator-steps", self.mosaic_generator_steps),
+                           ("mosaic-sequence-length", self.mosaic_sequence_length),
+                           ("mosaic-meta-steps", self.mosaic_meta_steps),
+                           ("mosaic-distill-steps", self.mosaic_distill_steps),
+                           ("mosaic-samples-per-generator", self.mosaic_samples_per_generator)):
+            _at_least(key, value, 1)
+        _at_least("mosaic-warmup-rounds", self.mosaic_warmup_rounds, 0)
+        for key, value in (("mosaic-adversarial-weight", self.mosaic_adversarial_weight),
+                           ("mosaic-entropy-weight", self.mosaic_entropy_weight),
+                           ("mosaic-diversity-weight", self.mosaic_diversity_weight)):
+            if value < 0.0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        for key, value in (("mosaic-generator-lr", self.mosaic_generator_lr),
+                           ("mosaic-distill-lr", self.mosaic_distill_lr),
+                           ("mosaic-temperature", self.mosaic_temperature)):
+            if not value > 0.0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.mosaic_student_family and self.mosaic_student_family not in self.families:
+            raise ConfigError(f"mosaic-student-family '{self.mosaic_student_family}' is not "
+                              f"among the run's families ({', '.join(self.families)})")
+        if self.strategy == "mosaic" and self.mosaic_warmup_rounds >= self.num_server_rounds:
+            raise ConfigError(f"mosaic: the generator round follows {self.mosaic_warmup_rounds} "
+                              f"warm-up rounds, so num-server-rounds must be > "
+                              f"{self.mosaic_warmup_rounds}, got {self.num_server_rounds}")
+
+    @property
+    def student_family(self) -> str:
+        """The family Mosaic distils into: ``mosaic-student-family`` or the first family."""
+        return self.mosaic_student_family or self.families[0]
 
     def _validate_dataset(self) -> None:
         if self.dataset == "digits" or self.dataset.startswith("hf:"):

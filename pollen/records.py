@@ -75,3 +75,7 @@ def array_bytes(content: RecordDict) -> int:
     """Serialized size of every tensor in a message (what Flower puts on the wire)."""
     return sum(len(array.data) for record in content.array_records.values()
                for array in record.values())
+# Mosaic: the train config's stage, and the reply's extra records (client_app/mosaic.py).
+MOSAIC_STAGE_KEY = "mosaic-stage"
+PROTOTYPES_KEY = "mosaic-prototypes"
+GENERATOR_KEY = "mosaic-generator"

@@ -54,16 +54,21 @@ class ServerEvaluator:
             self.loaders[family] = make_loader(test, config.batch_size, shuffle=False, seed=0)
         self.model = self.models[families[0]]  # the model of single-model strategies
 
+    def evaluate_family(self, family: str, tensors: dict) -> EvalResult:
+        """A family's model with ``tensors`` on the server's test split."""
+        load_travelling_state(self.models[family], tensors, what=f"global model {family}")
+        return evaluate(self.models[family], self.loaders[family], self.device)
+
+    def accuracy(self, family: str, tensors: dict) -> float:
+        return self.evaluate_family(family, tensors).accuracy
+
     def __call__(self, strategy) -> dict[str, EvalResult]:
         if isinstance(strategy, FamilyFedAvg):
             models = strategy.global_models()
         else:
             models = {next(iter(self.models)): from_array_record(strategy.global_arrays)}
-        results = {}
-        for family, tensors in models.items():
-            load_travelling_state(self.models[family], tensors, what=f"global model {family}")
-            results[family] = evaluate(self.models[family], self.loaders[family], self.device)
-        return results
+        return {family: self.evaluate_family(family, tensors)
+                for family, tensors in models.items()}
 
 
 def run(grid: Grid, config: RunConfig) -> RunOutputs:
@@ -99,7 +104,9 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     initial_models = {family: travelling_state(m) for family, m in evaluator.models.items()}
     strategy = build_strategy(config, directory,
                               to_array_record(initial_models[next(iter(initial_models))]),
-                              evaluator.model, server_data, task.modality, initial_models)
+                              evaluator.model, server_data, task.modality, initial_models,
+                              evaluator.models, task.num_classes, evaluator.accuracy)
+    strategy.check_clients(clients)
     strategy.summary()
     if checkpoint is None:
         outputs, first_round = RunOutputs.create(config), 1
@@ -122,6 +129,8 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         outputs.append_metrics(row)
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)
+        for name, content in strategy.round_files(server_round).items():
+            (outputs.run_dir / name).write_bytes(content)
         if (server_round % config.checkpoint_every == 0
                 or server_round == config.num_server_rounds):
             save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
 from flwr.app import ArrayRecord
 from torch import nn
@@ -23,13 +25,14 @@ from strategies.families import FamilyFedAvg
 from strategies.guided import GuidedMerge
 from strategies.heterotune import HeteroTune
 from strategies.hetlora import HetLoRA
+from strategies.mosaic import Mosaic
 
 STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx,
                                              "fedref": FedRef, "fedmerge": FedMerge,
                                              "guided": GuidedMerge, "central": Central,
                                              "heterotune": HeteroTune,
                                              "fedavg-per-family": FamilyFedAvg,
-                                             "hetlora": HetLoRA}
+                                             "hetlora": HetLoRA, "mosaic": Mosaic}
 
 
 def check_strategy_name(name: str) -> None:
@@ -40,12 +43,18 @@ def check_strategy_name(name: str) -> None:
 def build_strategy(config: RunConfig, directory: ClientDirectory,
                    initial_arrays: ArrayRecord, template: nn.Module | None,
                    server_data: ServerData | None = None, modality: str = "",
-                   initial_models: dict | None = None) -> PollenFedAvg:
+                   initial_models: dict | None = None,
+                   family_models: dict[str, nn.Module] | None = None, num_classes: int = 0,
+                   evaluate_family: Callable[[str, dict], float] | None = None
+                   ) -> PollenFedAvg:
     """The configured strategy; ``template`` is the server's model (same architecture and
     frozen weights as the clients'), needed by strategies that initialise several models
     (fedmerge) or run it on the server's data ``server_data`` (guided, central), whose
     examples are of ``modality``; ``initial_models`` are the travelling tensors of each
-    family's model (heterotune, fedavg-per-family, hetlora)."""
+    family's model (heterotune, fedavg-per-family, hetlora, mosaic). Mosaic also needs
+    each family's model object ``family_models`` (the server's experts and student run on
+    them), ``num_classes``, and optionally ``evaluate_family(family, tensors)``, the
+    server's test accuracy of a family's model, to report it around distillation."""
     check_strategy_name(config.strategy)
     common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
                   fraction_train=config.fraction_train,
@@ -75,6 +84,11 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
         common.pop("initial_arrays")
         if config.strategy == "heterotune":
             return HeteroTune(initial_models=initial_models, use_cmga=config.cmga, **common)
+        if config.strategy == "mosaic":
+            if family_models is None or num_classes < 1:
+                raise ValueError("mosaic needs every family's model and the class count")
+            return Mosaic(initial_models=initial_models, config=config, models=family_models,
+                          num_classes=num_classes, evaluate_family=evaluate_family, **common)
         if config.strategy == "hetlora":
             return HetLoRA(initial_models=initial_models, ranks=config.hetlora_rank_of,
                            **common)

@@ -167,6 +167,14 @@ class PollenFedAvg(FedAvg):
         """Extra records for this round, by output file name (one JSON line each)."""
         return {}
 
+    def round_files(self, server_round: int) -> dict[str, bytes]:
+        """Files this round adds to the run folder, by name (e.g. Mosaic's sample grid)."""
+        return {}
+
+    def check_clients(self, clients: list) -> None:
+        """Raise ConfigError, before round 1, if the clients (``directory.ClientInfo``)
+        cannot run this strategy."""
+
     def round_metrics(self) -> dict:
         """JSON-able fields this round adds to its metrics row (after ``aggregate_train``)."""
         return {}

@@ -1,0 +1,375 @@
+"""Mosaic (arXiv 2505.19699; official code Wings-Of-Disaster/Mosaic), as
+../shared/docs/methods.md §4 reads it: data-free distillation of class-specific experts
+into the global model, in one run of stages.
+
+- Warm-up, rounds 1..R_w (``mosaic-warmup-rounds``): FedAvg within each family.
+- Generator round R_w + 1: every available client trains, then trains a generator once
+  against its frozen local model and uploads it (``client_app/mosaic.py``). The server
+  averages the round as in warm-up, then builds the class-specific experts of every
+  family from the round's client models, trains the meta model on all prototypes
+  received so far and distils the meta model's teaching into the student family's
+  global model on generated samples (``mosaic_teacher.py``).
+- Rounds after: FedAvg within each family from the distilled model.
+
+Prototypes and class counts come with every train reply up to and including the
+generator round; after it only adapters travel. Replies with malformed prototypes are
+rejected like any invalid reply; a generator that does not fit its family, or whose
+weights or samples are not finite, is skipped and counted (``mosaic_generators_skipped``),
+and with no usable generator the round keeps the FedAvg model and says why
+(``mosaic_distillation_skipped``). The official code trains its generators in a
+separate run, against a classifier trained from scratch on the local data, and lowers the
+clients' learning rate after distillation; here the generator is trained in the run
+against the client's own local model (as methods.md says), and the clients keep ``lr``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from torch import nn
+
+from pollen.config import ConfigError, RunConfig
+from pollen.mosaic import FEDAVG, GENERATOR, WARMUP
+from pollen.mosaic.generator import build_generator, input_signature, sample
+from pollen.mosaic.heads import HeadParams
+from pollen.records import (ARRAYS_KEY, GENERATOR_KEY, MOSAIC_STAGE_KEY, PROTOTYPES_KEY,
+                            from_array_record, to_array_record)
+from pollen.seeding import derive_seed
+from strategies.base import StrategyState
+from strategies.directory import ClientInfo
+from strategies.families import FamilyFedAvg, Tensors
+from strategies.mosaic_teacher import Teacher, class_experts, distill
+
+
+class Prototypes:
+    """One reply's prototypes: who sent them, in which round, and the arrays."""
+
+    def __init__(self, client: str, family: str, server_round: int, features: np.ndarray,
+                 labels: np.ndarray) -> None:
+        self.client, self.family, self.round = client, family, server_round
+        self.features, self.labels = features, labels
+
+
+class Mosaic(FamilyFedAvg):
+    def __init__(self, *, config: RunConfig, models: dict[str, nn.Module], num_classes: int,
+                 evaluate_family: Callable[[str, Tensors], float] | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config, self.models, self.num_classes = config, models, num_classes
+        self.evaluate_family = evaluate_family
+        self.student = config.student_family
+        self.signatures = {f: input_signature(m, f) for f, m in models.items()}
+        self.feature_width = {}
+        for family, model in models.items():
+            head = HeadParams(model)
+            weight = next(t for t, m in head.names.items() if m.endswith("weight"))
+            self.feature_width[family] = self.family_tensors[family][weight].shape[1]
+        self.prototypes: list[Prototypes] = []
+        self.generators: dict[str, tuple[str, nn.Module]] = {}  # client -> (family, G)
+        self.experts: dict[str, dict[int, Tensors]] = {}
+        self.teacher: Teacher | None = None
+        self.uploads: list[tuple[str, Tensors, np.ndarray]] = []  # (family, model, n_kc)
+        self.skipped: list[dict] = []
+        self.distilled = False
+        self.fields: dict = {}
+        self.figure: bytes | None = None
+        self.current_round = 0
+
+    def stage(self, server_round: int) -> str:
+        warmup = self.config.mosaic_warmup_rounds
+        return WARMUP if server_round <= warmup else (
+            GENERATOR if server_round == warmup + 1 else FEDAVG)
+
+    def summary(self) -> None:
+        c = self.config
+        log(INFO, "\t├──> Mosaic: %d warm-up rounds, generator round %d, student family "
+            "%s, %d prototypes per class, generator %d steps (lr %g; weights adversarial "
+            "%g, entropy %g, diversity %g), meta model %d steps, distillation %d steps "
+            "(lr %g, T %g, %d samples per generator)", c.mosaic_warmup_rounds,
+            c.mosaic_warmup_rounds + 1, self.student, c.mosaic_prototypes,
+            c.mosaic_generator_steps, c.mosaic_generator_lr, c.mosaic_adversarial_weight,
+            c.mosaic_entropy_weight, c.mosaic_diversity_weight, c.mosaic_meta_steps,
+            c.mosaic_distill_steps, c.mosaic_distill_lr, c.mosaic_temperature,
+            c.mosaic_samples_per_generator)
+        super().summary()
+
+    def check_clients(self, clients: list[ClientInfo]) -> None:
+        short = [f"{c.client_id} ({c.num_train})" for c in clients
+                 if c.num_train < self.config.mosaic_prototypes]
+        if short:
+            raise ConfigError(f"mosaic-prototypes = {self.config.mosaic_prototypes} is more "
+                              f"than these clients have train examples: {', '.join(short)}")
+
+    def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
+                     purpose: str) -> list[int]:
+        """Every available client trains in the generator round."""
+        if purpose == "train" and self.stage(server_round) == GENERATOR:
+            fraction = 1.0
+        return super().sample_nodes(grid, fraction, min_nodes, server_round, purpose)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        config[MOSAIC_STAGE_KEY] = self.stage(server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def accepted(self, replies: Iterable[Message]) -> list[Message]:
+        """Base validation, then the prototypes (a reply with malformed ones is rejected)
+        and, in the generator round, the generator (skipped and counted if unusable)."""
+        kept, self.uploads, arrivals = [], [], []
+        accepted = super().accepted(replies)
+        if self.stage(self.current_round) == FEDAVG:
+            return accepted
+        for reply in accepted:
+            if reply.has_error():
+                kept.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            client = self.directory.client_of(node)
+            try:
+                features, labels, counts = self._prototypes_of(reply, client.family)
+            except ValueError as error:
+                self.rejected[node] = f"client {client.client_id}: {error}"
+                log(WARNING, "rejected: %s", self.rejected[node])
+                continue
+            arrivals.append(Prototypes(client.client_id, client.family, self.current_round,
+                                       features, labels))
+            self.uploads.append((client.family, from_array_record(reply.content[ARRAYS_KEY]),
+                                 counts))
+            if self.stage(self.current_round) == GENERATOR:
+                self._receive_generator(reply, client.client_id, client.family)
+            kept.append(reply)
+        self.prototypes += arrivals
+        if len(self.uploads) < self.min_replies:
+            self.kept_previous_global = True
+            return []
+        return kept
+
+    def _prototypes_of(self, reply: Message, family: str
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if PROTOTYPES_KEY not in reply.content.array_records:
+            raise ValueError(f"reply carries no '{PROTOTYPES_KEY}'")
+        record = from_array_record(reply.content[PROTOTYPES_KEY])
+        missing = {"features", "labels", "class-counts"} - set(record)
+        if missing:
+            raise ValueError(f"prototypes lack {sorted(missing)}")
+        features, labels, counts = record["features"], record["labels"], record["class-counts"]
+        width = self.feature_width[family]
+        if features.ndim != 2 or features.shape[1] != width or len(features) == 0:
+            raise ValueError(f"prototype features of shape {features.shape}, expected "
+                             f"(P, {width}) with P >= 1")
+        if labels.shape != (len(features),) or counts.shape != (self.num_classes,):
+            raise ValueError(f"prototype labels of shape {labels.shape} and class counts of "
+                             f"shape {counts.shape}, expected ({len(features)},) and "
+                             f"({self.num_classes},)")
+        if not (np.isfinite(features).all() and np.isfinite(counts).all()):
+            raise ValueError("prototypes or class counts are not finite")
+        if (counts < 0).any() or counts.sum() <= 0:
+            raise ValueError("class counts must be >= 0 and not all zero")
+        if not (np.isin(labels, np.arange(self.num_classes)).all()):
+            raise ValueError(f"prototype labels outside 0..{self.num_classes - 1}")
+        return features, labels.astype(np.int64), counts
+
+    def _receive_generator(self, reply: Message, client: str, family: str) -> None:
+        """Keep the client's generator if it fits its family and produces finite samples."""
+        def skip(reason: str) -> None:
+            self.skipped.append({"client": client, "reason": reason})
+            log(WARNING, "mosaic: generator of client %s skipped: %s", client, reason)
+
+        if GENERATOR_KEY not in reply.content.array_records:
+            finite = reply.content["metrics"].get("generator_finite")
+            skip("its generator produced non-finite output" if finite == 0.0
+                 else "the reply carries no generator")
+            return
+        generator = build_generator(self.config, self.signatures[family], client)
+        weights = from_array_record(reply.content[GENERATOR_KEY])
+        try:
+            missing, unexpected = generator.load_state_dict(
+                {n: torch.as_tensor(w) for n, w in weights.items()}, strict=False)
+        except RuntimeError as error:
+            skip(f"its weights do not fit a {family} generator: {error}")
+            return
+        missing = [n for n in missing if generator.state_dict()[n].is_floating_point()]
+        if missing or unexpected:
+            skip(f"its weights do not fit a {family} generator (missing {missing}, "
+                 f"unexpected {unexpected})")
+            return
+        device = self.teacher_device
+        samples = sample(generator, self.config.mosaic_samples_per_generator,
+                         derive_seed(self.seed, "mosaic-check", client), device)
+        if not (all(np.isfinite(w).all() for w in weights.values())
+                and torch.isfinite(samples).all()):
+            skip("its weights or samples are not finite")
+            return
+        self.generators[client] = (family, generator)
+
+    @property
+    def teacher_device(self) -> torch.device:
+        return next(self.models[self.student].parameters()).device
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.current_round = server_round
+        stage = self.stage(server_round)
+        if stage == GENERATOR:
+            self.skipped = []
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.fields = {"mosaic_stage": stage,
+                       "mosaic_prototypes": sum(len(p.labels) for p in self.prototypes)}
+        if stage == GENERATOR:
+            self.fields.update(mosaic_generators=sorted(self.generators),
+                               mosaic_generators_skipped=self.skipped,
+                               mosaic_generators_skipped_count=len(self.skipped))
+            if arrays is None:
+                self.fields["mosaic_distillation_skipped"] = "no valid reply in this round"
+            else:
+                self._distill(server_round)
+                arrays = self.global_arrays
+        return arrays, metrics
+
+    def _distill(self, server_round: int) -> None:
+        started = time.perf_counter()
+        usable = {client: g for client, (family, g) in self.generators.items()
+                  if self.signatures[family] == self.signatures[self.student]}
+        if not usable:
+            self.fields["mosaic_distillation_skipped"] = (
+                f"no usable generator takes the inputs of the student family {self.student}")
+            log(WARNING, "mosaic: %s", self.fields["mosaic_distillation_skipped"])
+            return
+        by_family: dict[str, list[tuple[Tensors, np.ndarray]]] = {}
+        for family, tensors, counts in self.uploads:
+            by_family.setdefault(family, []).append((tensors, counts))
+        self.experts = {f: class_experts([t for t, _ in ups], [n for _, n in ups])
+                        for f, ups in by_family.items()}
+        device = self.teacher_device
+        self.teacher = Teacher(self.models, self.signatures, self.experts, self.num_classes,
+                               device)
+        experts_done = time.perf_counter()
+        meta_accuracy = self.teacher.train_meta(
+            [(p.family, p.features, p.labels) for p in self.prototypes],
+            self.config.mosaic_meta_steps, derive_seed(self.seed, "mosaic-meta"))
+        meta_done = time.perf_counter()
+        before = self.family_tensors[self.student]
+        result = distill(self.teacher, self.models[self.student], before,
+                         self.signatures[self.student], usable,
+                         steps=self.config.mosaic_distill_steps, lr=self.config.mosaic_distill_lr,
+                         samples_per_generator=self.config.mosaic_samples_per_generator,
+                         temperature=self.config.mosaic_temperature,
+                         seed=derive_seed(self.seed, "mosaic-distill"))
+        accuracy = (None if self.evaluate_family is None else
+                    {"before": self.evaluate_family(self.student, before),
+                     "after": self.evaluate_family(self.student, result.tensors)})
+        self.family_tensors[self.student] = result.tensors
+        self.global_arrays = to_array_record(self.flat())
+        self.distilled = True
+        if self.signatures[self.student][0] == "image":
+            self.figure = generated_grid(self.generators, self.seed)
+        self.fields.update(
+            mosaic_experts={f: sorted(e) for f, e in self.experts.items()},
+            mosaic_meta_prototype_accuracy=meta_accuracy,
+            mosaic_distill_loss_first=result.loss_first,
+            mosaic_distill_loss_last=result.loss_last,
+            mosaic_distill_kl_before=result.kl_before,
+            mosaic_distill_kl_after=result.kl_after,
+            mosaic_accuracy_before_distillation=None if accuracy is None else accuracy["before"],
+            mosaic_accuracy_after_distillation=None if accuracy is None else accuracy["after"],
+            mosaic_seconds={"experts": experts_done - started, "meta": meta_done - experts_done,
+                            "distill": result.seconds})
+        log(INFO, "mosaic: meta model %.4f on %d prototypes; distillation KL %.4f -> %.4f%s",
+            meta_accuracy, len(self.prototypes), result.kl_before, result.kl_after,
+            "" if accuracy is None else
+            f"; {self.student} accuracy {accuracy['before']:.4f} -> {accuracy['after']:.4f}")
+
+    def round_metrics(self) -> dict:
+        return {**self.family_metrics, **self.fields}
+
+    def round_files(self, server_round: int) -> dict[str, bytes]:
+        if self.figure is None or self.stage(server_round) != GENERATOR:
+            return {}
+        return {"mosaic-generated.png": self.figure}
+
+    def state_dict(self) -> StrategyState:
+        state = super().state_dict()
+        tensors = state["tensors"]
+        for index, p in enumerate(self.prototypes):
+            tensors[f"prototypes/{index}/features"] = p.features
+            tensors[f"prototypes/{index}/labels"] = p.labels
+        for client, (_, generator) in self.generators.items():
+            tensors.update({f"generators/{client}/{n}": t.detach().cpu().numpy().copy()
+                            for n, t in generator.state_dict().items() if t.is_floating_point()})
+        for family, experts in self.experts.items():
+            for c, expert in experts.items():
+                tensors.update({f"experts/{family}/{c}/{n}": v for n, v in expert.items()})
+        if self.teacher is not None and self.teacher.ema is not None:
+            tensors.update({f"meta/{n}": t.detach().cpu().numpy().copy()
+                            for n, t in self.teacher.ema.module.state_dict().items()})
+        state["meta"].update(
+            mosaic_prototypes=[[p.client, p.family, p.round] for p in self.prototypes],
+            mosaic_generators={c: f for c, (f, _) in self.generators.items()},
+            mosaic_experts={f: sorted(e) for f, e in self.experts.items()},
+            mosaic_distilled=self.distilled)
+        return state
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        super().load_state_dict(state)
+        tensors, meta = state["tensors"], state["meta"]
+        self.prototypes = [
+            Prototypes(client, family, int(r), np.asarray(tensors[f"prototypes/{i}/features"]),
+                       np.asarray(tensors[f"prototypes/{i}/labels"]))
+            for i, (client, family, r) in enumerate(meta["mosaic_prototypes"])]
+        self.generators = {}
+        for client, family in meta["mosaic_generators"].items():
+            generator = build_generator(self.config, self.signatures[family], client)
+            prefix = f"generators/{client}/"
+            generator.load_state_dict({k[len(prefix):]: torch.as_tensor(np.asarray(v))
+                                       for k, v in tensors.items() if k.startswith(prefix)},
+                                      strict=False)
+            self.generators[client] = (family, generator)
+        self.experts = {
+            family: {int(c): {k[len(f"experts/{family}/{c}/"):]: np.asarray(v)
+                              for k, v in tensors.items()
+                              if k.startswith(f"experts/{family}/{c}/")}
+                     for c in classes}
+            for family, classes in meta["mosaic_experts"].items()}
+        self.distilled = bool(meta["mosaic_distilled"])
+        if self.experts and any(k.startswith("meta/") for k in tensors):
+            self.teacher = Teacher(self.models, self.signatures, self.experts,
+                                   self.num_classes, self.teacher_device)
+            self.teacher.load_meta({k[len("meta/"):]: np.asarray(v) for k, v in tensors.items()
+                                    if k.startswith("meta/")})
+
+
+def generated_grid(generators: dict[str, tuple[str, nn.Module]], seed: int,
+                   per_client: int = 10) -> bytes:
+    """A PNG: one row of generated digits per client's generator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = sorted(generators)
+    figure, axes = plt.subplots(len(clients), per_client, squeeze=False,
+                                figsize=(per_client * 0.6, len(clients) * 0.7))
+    for row, client in enumerate(clients):
+        _, generator = generators[client]
+        device = next(generator.parameters()).device
+        images = sample(generator, per_client, derive_seed(seed, "mosaic-grid", client),
+                        device).cpu().view(-1, 8, 8).numpy()
+        for column, image in enumerate(images):
+            axis = axes[row][column]
+            axis.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row][0].set_ylabel(f"client {client}", rotation=0, ha="right", fontsize=7)
+    figure.suptitle("Mosaic: samples of each client's generator", fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,287 @@
+"""Mosaic: generator losses, prototypes, experts, meta model, distillation, stages."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from client_app.app import app as client_app
+from client_app.mosaic import (adversarial_loss, class_prototypes, discriminator_loss,
+                               diversity_loss, entropy_loss)
+from pollen.adapters import travelling_state
+from pollen.config import ConfigError, RunConfig
+from pollen.families import build_family_model
+from pollen.mosaic.generator import build_generator, input_signature
+from pollen.records import (GENERATOR_KEY, MOSAIC_STAGE_KEY, PROTOTYPES_KEY,
+                            from_array_record, to_array_record)
+from server_app.app import run
+from strategies import build_strategy
+from strategies.directory import ClientDirectory
+from strategies.mosaic_teacher import Teacher, class_experts, distill
+from tests.localgrid import LocalGrid
+
+FAST = {"strategy": "mosaic", "mosaic-generator-steps": 30, "mosaic-meta-steps": 30,
+        "mosaic-distill-steps": 20, "mosaic-samples-per-generator": 8, "local-epochs": 1}
+
+
+def mosaic(**overrides) -> RunConfig:
+    return RunConfig.from_mapping({**FAST, **overrides})
+
+
+def test_generator_loss_terms_on_tiny_tensors():
+    uniform, confident = torch.zeros(4, 3), torch.eye(3)[[0, 1, 2, 0]] * 50.0
+    assert entropy_loss(uniform).item() == pytest.approx(math.log(3))
+    assert entropy_loss(confident).item() == pytest.approx(0.0, abs=1e-6)
+    # Diversity: -H(batch-mean prediction); one class for all is 0, an even spread -log C.
+    assert diversity_loss(torch.eye(3)[[0, 0, 0]] * 50.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert diversity_loss(torch.eye(3) * 50.0).item() == pytest.approx(-math.log(3), abs=1e-6)
+    assert adversarial_loss(torch.zeros(5)).item() == pytest.approx(math.log(2))
+    assert adversarial_loss(torch.full((5,), 30.0)).item() == pytest.approx(0.0, abs=1e-6)
+    assert discriminator_loss(torch.zeros(2), torch.zeros(2)).item() == pytest.approx(
+        2 * math.log(2))
+    assert discriminator_loss(torch.full((2,), 30.0), torch.full((2,), -30.0)).item() == (
+        pytest.approx(0.0, abs=1e-6))
+
+
+def test_prototypes_are_per_class_centres_or_the_class_mean():
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(c, 0.01, (10, 2)) for c in (0.0, 5.0, 10.0)])
+    features = np.concatenate([blobs, [[1.0, 1.0], [3.0, 3.0]]]).astype(np.float32)
+    labels = np.array([0] * 30 + [1, 1])
+    centres, classes = class_prototypes(features, labels, k=3, seed=0)
+    assert list(classes) == [0, 0, 0, 1]  # class 1 has 2 < k examples: its mean
+    assert sorted(map(tuple, np.round(centres[:3], 1))) == [(0, 0), (5, 5), (10, 10)]
+    np.testing.assert_allclose(centres[3], [2.0, 2.0])
+    again, _ = class_prototypes(features, labels, k=3, seed=0)
+    np.testing.assert_array_equal(centres, again)
+
+
+def test_class_experts_are_weighted_by_class_counts_exactly():
+    models = [{"w": np.full(2, 1.0, np.float32)}, {"w": np.full(2, 4.0, np.float32)}]
+    counts = [np.array([3.0, 0.0, 1.0]), np.array([1.0, 0.0, 3.0])]
+    experts = class_experts(models, counts)
+    assert sorted(experts) == [0, 2]  # no client holds class 1: no expert
+    np.testing.assert_allclose(experts[0]["w"], (3 * 1 + 1 * 4) / 4)
+    np.testing.assert_allclose(experts[2]["w"], (1 * 1 + 3 * 4) / 4)
+
+
+def cnn_teacher(config: RunConfig, num_experts_from: int = 3) -> tuple[Teacher, torch.nn.Module]:
+    model = build_family_model(config, "cnn", 10)
+    start = travelling_state(model)
+    rng = np.random.default_rng(1)
+    uploads = [{n: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for n, v in start.items()}
+               for _ in range(num_experts_from)]
+    counts = [rng.integers(1, 10, 10).astype(np.float32) for _ in uploads]
+    experts = {"cnn": class_experts(uploads, counts)}
+    return Teacher({"cnn": model}, {"cnn": ("image", 64)}, experts, 10,
+                   torch.device("cpu")), model
+
+
+def test_the_meta_model_learns_a_separable_prototype_set():
+    teacher, _ = cnn_teacher(mosaic())
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (10, 64)).astype(np.float32)
+    labels = np.repeat(np.arange(10), 5)
+    features = (centres[labels] + rng.normal(0, 0.1, (50, 64))).astype(np.float32)
+    accuracy = teacher.train_meta([("cnn", features, labels)], steps=300, seed=0)
+    assert accuracy >= 0.95
+
+
+def test_distillation_lowers_the_kl_to_the_teacher():
+    config = mosaic()
+    teacher, model = cnn_teacher(config)
+    rng = np.random.default_rng(0)
+    teacher.train_meta([("cnn", rng.normal(size=(40, 64)).astype(np.float32),
+                         np.arange(40) % 10)], steps=20, seed=0)
+    generators = {c: build_generator(config, ("image", 64), c) for c in ("a", "b")}
+    start = travelling_state(model)
+    result = distill(teacher, model, start, ("image", 64), generators, steps=60, lr=1e-3,
+                     samples_per_generator=16, temperature=1.0, seed=0)
+    assert result.kl_after < 0.5 * result.kl_before
+    assert result.loss_last < result.loss_first
+    assert set(result.tensors) == set(start)
+    assert any(not np.array_equal(result.tensors[n], start[n]) for n in start)
+
+
+def test_a_run_goes_through_every_stage_on_digits(tmp_path):
+    config = mosaic(**{"num-server-rounds": 3, "mosaic-warmup-rounds": 1,
+                       "output-dir": str(tmp_path), "run-name": "m"})
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=3), config)
+    rows = outputs.read_metrics()
+    assert [r["mosaic_stage"] for r in rows] == ["warmup", "generator", "fedavg"]
+    generator_round = rows[1]
+    assert generator_round["mosaic_generators"] == ["0", "1", "2"]
+    assert generator_round["mosaic_generators_skipped_count"] == 0
+    assert 0.0 <= generator_round["mosaic_meta_prototype_accuracy"] <= 1.0
+    assert generator_round["mosaic_distill_kl_after"] < generator_round["mosaic_distill_kl_before"]
+    assert generator_round["mosaic_accuracy_after_distillation"] == pytest.approx(
+        generator_round["eval_accuracy"])  # what the clients continue from
+    assert set(generator_round["mosaic_seconds"]) == {"experts", "meta", "distill"}
+    # Prototypes: every client, in the warm-up and the generator round, then no more.
+    assert rows[0]["mosaic_prototypes"] > 0
+    assert rows[1]["mosaic_prototypes"] > rows[0]["mosaic_prototypes"]
+    assert rows[2]["mosaic_prototypes"] == rows[1]["mosaic_prototypes"]
+    png = (outputs.run_dir / "mosaic-generated.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def describe_clients(msg: Message, context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    about = ConfigRecord({"client-id": str(partition), "num-train": 20, "num-test": 4,
+                          "family": "cnn"})
+    return Message(RecordDict({"client": about}), reply_to=msg)
+
+
+def cnn_strategy(config: RunConfig, grid: LocalGrid):
+    directory = ClientDirectory(config.to_mapping(), timeout=10)
+    directory.refresh(grid, strict=True)
+    model = build_family_model(config, "cnn", 10)
+    initial = {"cnn": travelling_state(model)}
+    return build_strategy(config, directory, to_array_record(initial["cnn"]), model,
+                          initial_models=initial, family_models={"cnn": model}, num_classes=10)
+
+
+def answer(message: Message, offset: float, generator: dict | None = None,
+           prototypes: dict | None = None) -> Message:
+    """A client's reply: the model it was sent moved by ``offset``, 3 prototypes, class
+    counts, and in the generator round the given generator weights."""
+    message.metadata.__dict__["_message_id"] = f"m{message.metadata.dst_node_id}"
+    sent = from_array_record(message.content["arrays"])
+    rng = np.random.default_rng(message.metadata.dst_node_id)
+    content = RecordDict({
+        "arrays": to_array_record({n: v + offset for n, v in sent.items()}),
+        "metrics": MetricRecord({"num-examples": 20, "train_loss": 1.0}),
+        PROTOTYPES_KEY: to_array_record(prototypes or {
+            "features": rng.normal(size=(3, 64)).astype(np.float32),
+            "labels": np.array([0, 1, 2], np.float32),
+            "class-counts": np.array([8, 6, 6] + [0] * 7, np.float32)})})
+    if generator is not None:
+        content[GENERATOR_KEY] = to_array_record(generator)
+    return Message(content, reply_to=message)
+
+
+def generator_weights(config: RunConfig, client: str) -> dict:
+    generator = build_generator(config, ("image", 64), client)
+    return {n: t.detach().numpy().copy() for n, t in generator.state_dict().items()
+            if t.is_floating_point()}
+
+
+def two_rounds(strategy, grid, config, poison: str | None = None):
+    """A warm-up round, then the generator round (client ``poison`` sends NaN weights)."""
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, strategy.global_arrays,
+                                                 ConfigRecord(), grid))
+        stage = messages[0].content["config"][MOSAIC_STAGE_KEY]
+        assert stage == ("warmup" if server_round == 1 else "generator")
+        replies = []
+        for i, message in enumerate(messages):
+            client = strategy.directory.client_of(message.metadata.dst_node_id).client_id
+            weights = generator_weights(config, client) if server_round == 2 else None
+            if weights is not None and client == poison:
+                weights = {n: np.full_like(v, np.nan) for n, v in weights.items()}
+            replies.append(answer(message, 0.01 * (i + 1), weights))
+        strategy.aggregate_train(server_round, replies)
+
+
+def test_a_non_finite_generator_is_skipped_and_counted_and_the_run_goes_on():
+    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    grid = LocalGrid.simulation(describe_clients, num_nodes=3)
+    strategy = cnn_strategy(config, grid)
+    two_rounds(strategy, grid, config, poison="1")
+    fields = strategy.round_metrics()
+    assert fields["mosaic_generators"] == ["0", "2"]
+    assert fields["mosaic_generators_skipped_count"] == 1
+    assert fields["mosaic_generators_skipped"][0]["client"] == "1"
+    assert "not finite" in fields["mosaic_generators_skipped"][0]["reason"]
+    assert "mosaic_distill_kl_after" in fields  # distilled from the other two
+
+
+def test_malformed_prototypes_reject_the_reply():
+    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    grid = LocalGrid.simulation(describe_clients, num_nodes=2)
+    strategy = cnn_strategy(config, grid)
+    messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
+    bad = {"features": np.zeros((3, 7), np.float32), "labels": np.zeros(3, np.float32),
+           "class-counts": np.ones(10, np.float32)}
+    strategy.aggregate_train(1, [answer(messages[0], 0.1), answer(messages[1], 0.1,
+                                                                   prototypes=bad)])
+    assert len(strategy.rejected) == 1
+    assert "(P, 64)" in next(iter(strategy.rejected.values()))
+
+
+def test_state_round_trip_gives_the_same_teacher_and_next_round():
+    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    grid = LocalGrid.simulation(describe_clients, num_nodes=3)
+    strategy = cnn_strategy(config, grid)
+    two_rounds(strategy, grid, config)
+    state = strategy.state_dict()
+    restored = cnn_strategy(config, grid)
+    json.dumps(state["meta"])  # checkpoints write the meta part as JSON
+    restored.load_state_dict(state)
+    again = restored.state_dict()
+    assert again["meta"] == state["meta"]
+    assert set(again["tensors"]) == set(state["tensors"])
+    for name, value in state["tensors"].items():
+        np.testing.assert_array_equal(again["tensors"][name], value)
+    probe = torch.rand(5, 64)
+    torch.testing.assert_close(restored.teacher(probe, ("image", 64)),
+                               strategy.teacher(probe, ("image", 64)))
+    for s in (strategy, restored):
+        messages = list(s.configure_train(3, s.global_arrays, ConfigRecord(), grid))
+        s.aggregate_train(3, [answer(m, 0.5) for m in messages])
+    for name, value in from_array_record(strategy.global_arrays).items():
+        np.testing.assert_array_equal(from_array_record(restored.global_arrays)[name], value)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"mosaic-warmup-rounds": 3, "num-server-rounds": 3}, "num-server-rounds must be > 3"),
+    ({"mosaic-student-family": "minilm"}, "mosaic-student-family 'minilm'"),
+    ({"mosaic-prototypes": 0}, "mosaic-prototypes must be >= 1"),
+    ({"mosaic-temperature": 0.0}, "mosaic-temperature must be > 0"),
+])
+def test_bad_mosaic_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        mosaic(**overrides)
+
+
+def test_more_prototypes_than_a_client_has_examples_is_refused_before_training(tmp_path):
+    config = mosaic(**{"mosaic-prototypes": 500, "output-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="mosaic-prototypes = 500 is more than these clients"):
+        run(LocalGrid.simulation(client_app, num_nodes=2), config)
+    assert not any(tmp_path.iterdir())  # nothing was written: no round ran
+
+
+def test_across_two_widths_the_student_family_is_distilled_on_its_own_inputs(tmp_path,
+                                                                              topics_csv):
+    config = mosaic(**{"model-families": "tiny-bert,tiny-bert-w64", "model": "tiny-bert",
+                       "mosaic-student-family": "tiny-bert-w64", "dataset": str(topics_csv),
+                       "text-column": "text", "mosaic-warmup-rounds": 0,
+                       "num-server-rounds": 2, "max-seq-len": 16,
+                       "mosaic-sequence-length": 8, "output-dir": str(tmp_path),
+                       "run-name": "families"})
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
+    rows = outputs.read_metrics()
+    assert [r["mosaic_stage"] for r in rows] == ["generator", "fedavg"]
+    first = rows[0]
+    assert first["mosaic_experts"] == {"tiny-bert": [0, 1, 2, 3],
+                                       "tiny-bert-w64": [0, 1, 2, 3]}
+    assert first["mosaic_generators"] == ["0", "1", "2", "3"]
+    assert first["mosaic_distill_kl_after"] < first["mosaic_distill_kl_before"]
+    assert first["family_accuracy"]["tiny-bert-w64"] == pytest.approx(
+        first["mosaic_accuracy_after_distillation"])
+    assert not (outputs.run_dir / "mosaic-generated.png").exists()  # text: no image grid
+
+
+def test_generators_take_each_family_s_inputs():
+    config = mosaic(**{"model-families": "tiny-bert,tiny-bert-w64", "model": "tiny-bert"})
+    for family, width in (("tiny-bert", 32), ("tiny-bert-w64", 64)):
+        model = build_family_model(config, family, 4)
+        signature = input_signature(model, family)
+        assert signature == ("text", width)
+        samples = build_generator(config, signature, "0")(torch.randn(2, 100))
+        assert samples.shape == (2, config.mosaic_sequence_length, width)
+        logits = model(inputs_embeds=samples, attention_mask=torch.ones(2, 16)).logits
+        assert logits.shape == (2, 4)
