@@ -39,9 +39,33 @@ def rounds_to_reach(rows: list[dict], target: float) -> int | None:
     return next((r["round"] for r in rows if r["eval_accuracy"] >= target), None)
 
 
-def write_report(name: str, title: str, command: str, body: str) -> Path:
-    out = ROOT / "docs" / "benchmarks" / f"{name}.md"
+DOCS = ROOT / "docs" / "benchmarks"
+
+
+def write_report(name: str, title: str, command: str, body: str,
+                 out_dir: Path = DOCS) -> Path:
+    out = out_dir / f"{name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# {title}\n\nCommand: `{command}`\n\n{body}\n")
     print(body)
     return out
+
+
+def save_plot(figure, out_dir: Path, name: str) -> str:
+    """Save a matplotlib figure as ``<out_dir>/<name>.png``; the markdown that shows it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_dir / f"{name}.png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return f"![{name}]({name}.png)"
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display here or in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

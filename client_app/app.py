@@ -39,7 +39,8 @@ def train(msg: Message, context: Context) -> Message:
     seed = derive_seed(config.seed, "train", server_round, job.client_id)
     extra = {}
     stage = msg.content["config"].get(MOSAIC_STAGE_KEY)
-    if stage in (WARMUP, GENERATOR):  # Mosaic's prototypes of the model as received
+    if stage == GENERATOR or (stage == WARMUP and config.mosaic_prototype_rounds == "all"):
+        # Mosaic's prototypes of the model as received
         extra[PROTOTYPES_KEY] = prototype_record(job, model, seed, config.wire_dtype)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
     reset_peak_memory(job.device)

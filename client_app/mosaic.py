@@ -1,6 +1,7 @@
-"""Mosaic's client half: prototypes every round, and once, a generator.
+"""Mosaic's client half: prototypes, and once, a generator.
 
-Prototypes (every train reply): per-class k-means centres of the penultimate features of
+Prototypes (the generator round's reply; with ``mosaic-prototype-rounds = all`` also every
+warm-up round's): per-class k-means centres of the penultimate features of
 the global model the client received, on its local train split (the official code
 computes them from the received model too, before local training); a class with fewer
 than k examples contributes its mean. With them travel the client's class counts n_kc,

@@ -95,6 +95,7 @@ class RunConfig:
     hetlora_ranks: str = ""
     mosaic_warmup_rounds: int = 2
     mosaic_prototypes: int = 5
+    mosaic_prototype_rounds: str = "latest"
     mosaic_generator_steps: int = 500
     mosaic_generator_lr: float = 0.001
     mosaic_adversarial_weight: float = 1.0
@@ -346,6 +347,7 @@ class RunConfig:
                            ("mosaic-samples-per-generator", self.mosaic_samples_per_generator)):
             _at_least(key, value, 1)
         _at_least("mosaic-warmup-rounds", self.mosaic_warmup_rounds, 0)
+        _choice("mosaic-prototype-rounds", self.mosaic_prototype_rounds, ("latest", "all"))
         for key, value in (("mosaic-adversarial-weight", self.mosaic_adversarial_weight),
                            ("mosaic-entropy-weight", self.mosaic_entropy_weight),
                            ("mosaic-diversity-weight", self.mosaic_diversity_weight)):

@@ -24,6 +24,7 @@ from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
 from pollen.families import FAMILY_STRATEGIES, build_family_model
 from pollen.models import check_compatible
+from pollen.progress import Progress
 from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
 from pollen.registry.publisher import RegistryPublisher
 from pollen.seeding import seed_everything
@@ -58,9 +59,6 @@ class ServerEvaluator:
         """A family's model with ``tensors`` on the server's test split."""
         load_travelling_state(self.models[family], tensors, what=f"global model {family}")
         return evaluate(self.models[family], self.loaders[family], self.device)
-
-    def accuracy(self, family: str, tensors: dict) -> float:
-        return self.evaluate_family(family, tensors).accuracy
 
     def __call__(self, strategy) -> dict[str, EvalResult]:
         if isinstance(strategy, FamilyFedAvg):
@@ -105,7 +103,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     strategy = build_strategy(config, directory,
                               to_array_record(initial_models[next(iter(initial_models))]),
                               evaluator.model, server_data, task.modality, initial_models,
-                              evaluator.models, task.num_classes, evaluator.accuracy)
+                              evaluator.models, task.num_classes, evaluator.loaders)
     strategy.check_clients(clients)
     strategy.summary()
     if checkpoint is None:
@@ -121,6 +119,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
                                    outputs.run_dir.name) if config.registry_address else None)
 
     started = time.perf_counter()
+    progress = Progress(config.num_server_rounds - first_round + 1, "rounds")
     for server_round in range(first_round, config.num_server_rounds + 1):
         row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy),
                         run_record)
@@ -134,6 +133,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         if (server_round % config.checkpoint_every == 0
                 or server_round == config.num_server_rounds):
             save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)
+        log(INFO, "%s", progress.step(f"round {server_round} of {config.num_server_rounds}"))
 
     if publisher is not None:
         publisher.close()

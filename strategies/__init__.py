@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import datasets
 from flwr.app import ArrayRecord
 from torch import nn
@@ -45,16 +43,15 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
                    server_data: ServerData | None = None, modality: str = "",
                    initial_models: dict | None = None,
                    family_models: dict[str, nn.Module] | None = None, num_classes: int = 0,
-                   evaluate_family: Callable[[str, dict], float] | None = None
-                   ) -> PollenFedAvg:
+                   test_loaders: dict | None = None) -> PollenFedAvg:
     """The configured strategy; ``template`` is the server's model (same architecture and
     frozen weights as the clients'), needed by strategies that initialise several models
     (fedmerge) or run it on the server's data ``server_data`` (guided, central), whose
     examples are of ``modality``; ``initial_models`` are the travelling tensors of each
     family's model (heterotune, fedavg-per-family, hetlora, mosaic). Mosaic also needs
     each family's model object ``family_models`` (the server's experts and student run on
-    them), ``num_classes``, and optionally ``evaluate_family(family, tensors)``, the
-    server's test accuracy of a family's model, to report it around distillation."""
+    them), ``num_classes``, and optionally the server's test split per family
+    ``test_loaders``, to report accuracies around distillation."""
     check_strategy_name(config.strategy)
     common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
                   fraction_train=config.fraction_train,
@@ -88,7 +85,7 @@ def build_strategy(config: RunConfig, directory: ClientDirectory,
             if family_models is None or num_classes < 1:
                 raise ValueError("mosaic needs every family's model and the class count")
             return Mosaic(initial_models=initial_models, config=config, models=family_models,
-                          num_classes=num_classes, evaluate_family=evaluate_family, **common)
+                          num_classes=num_classes, test_loaders=test_loaders, **common)
         if config.strategy == "hetlora":
             return HetLoRA(initial_models=initial_models, ranks=config.hetlora_rank_of,
                            **common)

@@ -123,14 +123,13 @@ class Teacher:
         return logits, present
 
     @torch.no_grad()
-    def expert_logits(self, samples: torch.Tensor, signature: tuple
+    def expert_logits(self, inputs: dict[str, torch.Tensor], signature: tuple
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every expert that takes ``signature`` inputs, on generated samples."""
-        logits = torch.zeros(len(samples), len(self.order), self.num_classes,
-                             device=self.device)
-        present = torch.zeros(len(samples), len(self.order), dtype=torch.bool,
-                              device=self.device)
-        inputs = model_inputs(samples, signature)
+        """Every expert that takes ``signature`` inputs, on a batch of model inputs
+        (generated or real)."""
+        count = len(next(iter(inputs.values())))
+        logits = torch.zeros(count, len(self.order), self.num_classes, device=self.device)
+        present = torch.zeros(count, len(self.order), dtype=torch.bool, device=self.device)
         for index, (family, c) in enumerate(self.order):
             if self.signatures[family] == signature:
                 model = self.models[family].eval()
@@ -172,9 +171,25 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, samples: torch.Tensor, signature: tuple) -> torch.Tensor:
+        """The teacher's logits on generated samples."""
+        return self.logits(model_inputs(samples, signature), signature)
+
+    @torch.no_grad()
+    def logits(self, inputs: dict[str, torch.Tensor], signature: tuple) -> torch.Tensor:
         if self.ema is None:
             raise RuntimeError("the meta model has not been trained")
-        return self.ema(*self.expert_logits(samples, signature))
+        return self.ema(*self.expert_logits(inputs, signature))
+
+    @torch.no_grad()
+    def accuracy(self, loader, signature: tuple) -> float:
+        """The teacher's accuracy on real labelled batches (the server's test split)."""
+        correct = count = 0
+        for batch in loader:
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "label"}
+            predicted = self.logits(inputs, signature).argmax(dim=-1).cpu()
+            correct += int((predicted == batch["label"]).sum())
+            count += len(batch["label"])
+        return correct / count
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor,

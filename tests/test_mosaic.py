@@ -106,8 +106,10 @@ def test_distillation_lowers_the_kl_to_the_teacher():
     assert any(not np.array_equal(result.tensors[n], start[n]) for n in start)
 
 
-def test_a_run_goes_through_every_stage_on_digits(tmp_path):
+@pytest.mark.parametrize("prototype_rounds", ["latest", "all"])
+def test_a_run_goes_through_every_stage_on_digits(tmp_path, prototype_rounds):
     config = mosaic(**{"num-server-rounds": 3, "mosaic-warmup-rounds": 1,
+                       "mosaic-prototype-rounds": prototype_rounds,
                        "output-dir": str(tmp_path), "run-name": "m"})
     outputs = run(LocalGrid.simulation(client_app, num_nodes=3), config)
     rows = outputs.read_metrics()
@@ -119,9 +121,11 @@ def test_a_run_goes_through_every_stage_on_digits(tmp_path):
     assert generator_round["mosaic_distill_kl_after"] < generator_round["mosaic_distill_kl_before"]
     assert generator_round["mosaic_accuracy_after_distillation"] == pytest.approx(
         generator_round["eval_accuracy"])  # what the clients continue from
+    assert 0.0 <= generator_round["mosaic_teacher_accuracy"] <= 1.0
     assert set(generator_round["mosaic_seconds"]) == {"experts", "meta", "distill"}
-    # Prototypes: every client, in the warm-up and the generator round, then no more.
-    assert rows[0]["mosaic_prototypes"] > 0
+    # Prototypes: every client's in the generator round (and the warm-up's with "all"),
+    # then no more.
+    assert (rows[0]["mosaic_prototypes"] > 0) == (prototype_rounds == "all")
     assert rows[1]["mosaic_prototypes"] > rows[0]["mosaic_prototypes"]
     assert rows[2]["mosaic_prototypes"] == rows[1]["mosaic_prototypes"]
     png = (outputs.run_dir / "mosaic-generated.png").read_bytes()
@@ -200,7 +204,8 @@ def test_a_non_finite_generator_is_skipped_and_counted_and_the_run_goes_on():
 
 
 def test_malformed_prototypes_reject_the_reply():
-    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3,
+                       "mosaic-prototype-rounds": "all"})  # checked in warm-up rounds too
     grid = LocalGrid.simulation(describe_clients, num_nodes=2)
     strategy = cnn_strategy(config, grid)
     messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
