@@ -9,7 +9,9 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from client_app.app import app as client_app
-from server_app.app import build_server_app
+from pollen.config import RunConfig
+from server_app.app import build_server_app, run
+from tests.localgrid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
@@ -32,6 +34,18 @@ def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, li
     run_dir = Path(overrides["output-dir"]) / run_name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return run_dir, rows, seconds
+
+
+def run_in_process(overrides: dict, num_clients: int, run_name: str
+                   ) -> tuple[Path, list[dict], float]:
+    """``simulate``'s result from one process: clients answered in turn through
+    ``tests.localgrid`` instead of Ray workers (smoke runs; no engine start-up)."""
+    run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = RunConfig.from_mapping({"output-dir": str(RUNS), "run-name": run_name,
+                                     **overrides})
+    started = time.perf_counter()
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=num_clients), config)
+    return outputs.run_dir, outputs.read_metrics(), time.perf_counter() - started
 
 
 def rounds_to_reach(rows: list[dict], target: float) -> int | None:
