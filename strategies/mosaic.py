@@ -6,8 +6,8 @@ into the global model, in one run of stages.
 - Generator round R_w + 1: every available client trains, then trains a generator once
   against its frozen local model and uploads it (``client_app/mosaic.py``). The server
   averages the round as in warm-up, then builds the class-specific experts of every
-  family from the round's client models, trains the meta model on all prototypes
-  received so far and distils the meta model's teaching into the student family's
+  family from the round's client models, trains the meta model on the prototypes and
+  distils the meta model's teaching into the student family's
   global model on generated samples (``mosaic_teacher.py``).
 - Rounds after: FedAvg within each family from the distilled model.
 
@@ -15,19 +15,20 @@ Prototypes come with the generator round's replies, and the meta model trains on
 (``mosaic-prototype-rounds = latest``); the official code instead accumulates the
 prototypes of every round and trains on all of them, which ``mosaic-prototype-rounds =
 all`` keeps (clients then send them in every round up to the generator round). Why
-``latest`` is the default: the experts come from the generator round's client models,
-and prototypes of the warm-up rounds are features of older global models, which those
-experts' heads read differently; on digits (Dirichlet 0.1, 10 warm-up rounds) the
-teacher's test accuracy was 0.44 with ``all`` (distillation then cost the global model
-0.17) and 0.69 with ``latest`` (distillation gained 0.01). Class counts come with every
-reply that carries prototypes; after the generator round only adapters travel. Replies with malformed prototypes are
-rejected like any invalid reply; a generator that does not fit its family, or whose
-weights or samples are not finite, is skipped and counted (``mosaic_generators_skipped``),
-and with no usable generator the round keeps the FedAvg model and says why
-(``mosaic_distillation_skipped``). The official code trains its generators in a
-separate run, against a classifier trained from scratch on the local data, and lowers the
-clients' learning rate after distillation; here the generator is trained in the run
-against the client's own local model (as methods.md says), and the clients keep ``lr``.
+``latest`` is the default: prototypes then leave a client once instead of every round,
+and neither reading did consistently better on digits (docs/benchmarks/mosaic-digits.md,
+final accuracy latest vs all: 0.4972 vs 0.4139 at Dirichlet 0.01, 0.8000 vs 0.8278 at
+0.1, 0.9806 vs 0.9833 at 1.0). Class counts come with every reply that carries
+prototypes; after the generator round only adapters travel.
+
+Replies with malformed prototypes are rejected like any invalid reply; a generator that
+does not fit its family, or whose weights or samples are not finite, is skipped and
+counted (``mosaic_generators_skipped``), and with no usable generator the round keeps
+the FedAvg model and says why (``mosaic_distillation_skipped``). The official code trains
+its generators in a separate run, against a classifier trained from scratch on the local
+data, and lowers the clients' learning rate after distillation; here the generator is
+trained in the run against the client's own local model (as methods.md says), and the
+clients keep ``lr``.
 """
 
 from __future__ import annotations
@@ -335,7 +336,8 @@ class Mosaic(FamilyFedAvg):
             mosaic_prototypes=[[p.client, p.family, p.round] for p in self.prototypes],
             mosaic_generators={c: f for c, (f, _) in self.generators.items()},
             mosaic_experts={f: sorted(e) for f, e in self.experts.items()},
-            mosaic_distilled=self.distilled)
+            mosaic_distilled=self.distilled, mosaic_round=self.current_round,
+            mosaic_stage=self.stage(self.current_round) if self.current_round else None)
         return state
 
     def load_state_dict(self, state: StrategyState) -> None:
@@ -360,6 +362,7 @@ class Mosaic(FamilyFedAvg):
                      for c in classes}
             for family, classes in meta["mosaic_experts"].items()}
         self.distilled = bool(meta["mosaic_distilled"])
+        self.current_round = int(meta["mosaic_round"])
         if self.experts and any(k.startswith("meta/") for k in tensors):
             self.teacher = Teacher(self.models, self.signatures, self.experts,
                                    self.num_classes, self.teacher_device)

@@ -223,6 +223,8 @@ def test_state_round_trip_gives_the_same_teacher_and_next_round():
     strategy = cnn_strategy(config, grid)
     two_rounds(strategy, grid, config)
     state = strategy.state_dict()
+    assert state["meta"]["mosaic_stage"] == "generator" and state["meta"]["mosaic_distilled"]
+    assert len(state["meta"]["mosaic_generators"]) == 3
     restored = cnn_strategy(config, grid)
     json.dumps(state["meta"])  # checkpoints write the meta part as JSON
     restored.load_state_dict(state)
