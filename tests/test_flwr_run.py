@@ -27,6 +27,7 @@ def test_flwr_run_streams_the_default_job(tmp_path):
     finally:
         stop(processes_mentioning(str(flwr_home)))
     assert "[round 2/2] global accuracy" in log
+    assert "[rounds 2/2] round 2 of 2 | elapsed" in log and "ETA 0m00s" in log  # progress
     rows = [json.loads(line) for line in (outputs / "default" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["num_replies"] == 10  # the 10 virtual clients of the default federation
