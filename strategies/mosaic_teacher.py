@@ -94,15 +94,16 @@ class Teacher:
         self.models, self.signatures, self.device = models, signatures, device
         self.num_classes = num_classes
         self.order = [(family, c) for family in sorted(experts) for c in sorted(experts[family])]
-        self.params = {}
-        for family, c in self.order:
-            names = travelling_module_names(models[family])
-            self.params[family, c] = {names[n]: torch.as_tensor(v, device=device)
-                                      for n, v in experts[family][c].items()}
-        self.heads = {family: HeadParams(models[family]) for family in experts}
+        # Each expert's tensors on the device once, under their travelling names (the
+        # heads read those) and, sharing storage, under the model's own names (for
+        # functional_call).
         self.expert_tensors = {(family, c): {n: torch.as_tensor(v, device=device)
                                              for n, v in experts[family][c].items()}
                                for family, c in self.order}
+        names = {family: travelling_module_names(models[family]) for family in experts}
+        self.params = {(family, c): {names[family][n]: t for n, t in tensors.items()}
+                       for (family, c), tensors in self.expert_tensors.items()}
+        self.heads = {family: HeadParams(models[family]) for family in experts}
         self.meta = MetaModel(num_classes).to(device)
         self.ema: AveragedModel | None = None
 
