@@ -30,12 +30,12 @@ COMMON = {"partitioner": "dirichlet", "dirichlet-alpha": 0.1, "seed": 42,
 TASKS = {
     "digits": {"dataset": "digits", "model": "cnn", "lr": 0.01, "local-epochs": 2},
     "agnews": {"dataset": str(AG_NEWS), "model": "minilm", "lr": 0.003, "local-epochs": 1,
-               "fraction-train": 0.5, "mosaic-generator-steps": 100,
-               "mosaic-distill-steps": 100, "mosaic-samples-per-generator": 4},
+               "fraction-train": 0.5, "mosaic.generator-steps": 100,
+               "mosaic.distill-steps": 100, "mosaic.samples-per-generator": 4},
 }
 ROUNDS = {"digits": 20, "agnews": 3}
-QUICK_MOSAIC = {"mosaic-generator-steps": 20, "mosaic-meta-steps": 20,
-                "mosaic-distill-steps": 10, "mosaic-samples-per-generator": 8}
+QUICK_MOSAIC = {"mosaic.generator-steps": 20, "mosaic.meta-steps": 20,
+                "mosaic.distill-steps": 10, "mosaic.samples-per-generator": 8}
 STRATEGIES = ["fedavg", "fedprox", "fedref", "fedmerge", "guided", "central", "mosaic",
               "heterotune", "fedavg-per-family", "hetlora"]
 NOT_ON_DIGITS = {"heterotune": "DeMA adapts transformer encoders; the CNN has none",
@@ -45,10 +45,10 @@ NOT_ON_DIGITS = {"heterotune": "DeMA adapts transformer encoders; the CNN has no
 def _overrides(strategy: str, task: str, rounds: int) -> dict:
     extra: dict = {"strategy": strategy}
     if strategy == "mosaic":
-        extra["mosaic-warmup-rounds"] = rounds // 2 if task == "digits" else 1
-        extra["mosaic-prototypes"] = 2  # Dirichlet 0.1 leaves a digits client 12 examples
+        extra["mosaic.warmup-rounds"] = rounds // 2 if task == "digits" else 1
+        extra["mosaic.prototypes"] = 2  # Dirichlet 0.1 leaves a digits client 12 examples
     if strategy == "hetlora":
-        extra["hetlora-ranks"] = "8"
+        extra["hetlora.ranks"] = "8"
     return extra
 
 

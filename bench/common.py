@@ -11,6 +11,7 @@ from flwr.simulation import run_simulation
 from client_app.app import app as client_app
 from pollen.config import RunConfig
 from server_app.app import build_server_app, run
+from strategies import run_config
 from tests.localgrid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def run_in_process(overrides: dict, num_clients: int, run_name: str
     """``simulate``'s result from one process: clients answered in turn through
     ``tests.localgrid`` instead of Ray workers (smoke runs; no engine start-up)."""
     run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = RunConfig.from_mapping({"output-dir": str(RUNS), "run-name": run_name,
+    config = run_config({"output-dir": str(RUNS), "run-name": run_name,
                                      **overrides})
     started = time.perf_counter()
     outputs = run(LocalGrid.simulation(client_app, num_nodes=num_clients), config)

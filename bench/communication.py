@@ -19,8 +19,8 @@ from flwr.app import RecordDict
 
 from bench.common import pyplot, save_plot, write_report
 from pollen.adapters import travelling_state
-from pollen.config import WIRE_DTYPES, RunConfig
-from pollen.families import build_family_model
+from pollen.config import WIRE_DTYPES
+from strategies import build_model_for, run_config
 from pollen.models import build_backbone
 from pollen.records import array_bytes, to_array_record
 
@@ -28,17 +28,18 @@ NUM_CLASSES = 4
 
 
 def _models(model: str) -> dict[str, dict]:
-    lora = RunConfig.from_mapping({"model": model})
-    dema = lora.replace(strategy="heterotune")
+    lora = run_config({"model": model})
+    dema = run_config({"model": model, "strategy": "heterotune"})
     full = build_backbone(model, NUM_CLASSES, lora.seed)
     return {
         f"{model}, full fine-tuning": {n: p.detach().numpy() for n, p in full.named_parameters()},
         f"{model} + LoRA (r {lora.lora_r}, {lora.lora_target_modules}) + head":
-            travelling_state(build_family_model(lora, model, NUM_CLASSES)),
-        f"{model} + DeMA (r {dema.dema_rank}, {dema.dema_experts} experts, {dema.dema_banks} "
-        "banks) + head": travelling_state(build_family_model(dema, model, NUM_CLASSES)),
+            travelling_state(build_model_for(lora, model, NUM_CLASSES)),
+        f"{model} + DeMA (r {dema.method.dema_rank}, {dema.method.dema_experts} experts, "
+        f"{dema.method.dema_banks} "
+        "banks) + head": travelling_state(build_model_for(dema, model, NUM_CLASSES)),
         "digits CNN (all weights)": travelling_state(
-            build_family_model(lora.replace(model="cnn"), "cnn", 10)),
+            build_model_for(lora.replace(model="cnn"), "cnn", 10)),
     }
 
 

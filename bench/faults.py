@@ -28,8 +28,9 @@ from pollen.models import build_model
 from pollen.records import to_array_record
 from server_app.app import run
 from server_app.checkpoints import latest_checkpoint, save_checkpoint
-from strategies import build_strategy
+from strategies import build_strategy, run_config
 from strategies.directory import ClientDirectory
+from strategies.spec import ServerSetup
 from tests.faults import FAULTS, SLOW_SECONDS, grid_with_fault
 from tests.localgrid import LocalGrid
 
@@ -56,11 +57,12 @@ def fault_table() -> list[str]:
 
 
 def checkpoint_costs(repeats: int = 5) -> list[str]:
-    config = RunConfig(model="minilm", strategy="fedmerge", num_global_models=3)
+    config = run_config({"model": "minilm", "strategy": "fedmerge", "fedmerge.num-global-models": 3})
     template = build_model(config, 4)
     directory = ClientDirectory(config.to_mapping(), timeout=10)
-    strategy = build_strategy(config, directory, to_array_record(travelling_state(template)),
-                              template)
+    strategy = build_strategy(ServerSetup(config, directory, {config.model: template},
+                                          {config.model: travelling_state(template)}, 4,
+                                          "text"))
     rng = np.random.default_rng(0)
     strategy.w = {str(i): rng.normal(size=3) for i in range(10)}
     folder = Path(tempfile.mkdtemp())

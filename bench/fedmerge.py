@@ -18,9 +18,9 @@ import argparse
 from bench.common import AG_NEWS, simulate, write_report
 
 RUNS = (("fedavg", {"strategy": "fedavg"}),
-        ("fedmerge d=1", {"strategy": "fedmerge", "num-global-models": 1}),
-        ("fedmerge d=3", {"strategy": "fedmerge", "num-global-models": 3}),
-        ("fedmerge d=5", {"strategy": "fedmerge", "num-global-models": 5}))
+        ("fedmerge d=1", {"strategy": "fedmerge", "fedmerge.num-global-models": 1}),
+        ("fedmerge d=3", {"strategy": "fedmerge", "fedmerge.num-global-models": 3}),
+        ("fedmerge d=5", {"strategy": "fedmerge", "fedmerge.num-global-models": 5}))
 SUITES = {
     "digits": {"dataset": "digits", "model": "cnn", "lr": 0.01, "local-epochs": 2,
                "partitioner": "pathological", "pathological-classes": 2},

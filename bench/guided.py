@@ -38,13 +38,13 @@ NOISY = {"client-label-noise": 0.5, "noisy-client-fraction": 0.3}
 SETTINGS = {
     "digits": {
         "(a) in-domain": [("guided", {"strategy": "guided"}),
-                          ("guided (search-lr 0.01)", {"strategy": "guided", "search-lr": 0.01}),
+                          ("guided (search-lr 0.01)", {"strategy": "guided", "guided.search-lr": 0.01}),
                           ("fedavg", {"strategy": "fedavg"}),
                           ("central", {"strategy": "central"})],
         "(b) out-of-domain": [
             ("guided (IM)", {"strategy": "guided", **SHIFTED, "server-data-labeled": False}),
             ("guided (entropy)", {"strategy": "guided", **SHIFTED,
-                                  "server-data-labeled": False, "unlabeled-loss": "entropy"}),
+                                  "server-data-labeled": False, "guided.unlabeled-loss": "entropy"}),
             ("guided (CE)", {"strategy": "guided", **SHIFTED}),
             ("fedavg", {"strategy": "fedavg", **SHIFTED}),
             ("central", {"strategy": "central", **SHIFTED})],
@@ -55,7 +55,7 @@ SETTINGS = {
     "agnews": {
         "(d) AG News, in-domain": [("guided", {"strategy": "guided"}),
                                    ("guided (search-lr 0.01)", {"strategy": "guided",
-                                                                "search-lr": 0.01}),
+                                                                "guided.search-lr": 0.01}),
                                    ("fedavg", {"strategy": "fedavg"}),
                                    ("central", {"strategy": "central"})],
     },

@@ -31,10 +31,10 @@ FAMILIES = ("minilm-l2", "minilm-l4", "minilm")
 COMMON = {"dataset": str(AG_NEWS), "model": "minilm", "model-families": ",".join(FAMILIES),
           "lr": 0.003, "local-epochs": 1, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
           "seed": 42}
-ROWS = [("heterotune (CMGA on)", {"strategy": "heterotune", "cmga": True}),
-        ("heterotune (CMGA off)", {"strategy": "heterotune", "cmga": False}),
+ROWS = [("heterotune (CMGA on)", {"strategy": "heterotune", "heterotune.cmga": True}),
+        ("heterotune (CMGA off)", {"strategy": "heterotune", "heterotune.cmga": False}),
         ("fedavg-per-family", {"strategy": "fedavg-per-family"}),
-        ("hetlora", {"strategy": "hetlora", "hetlora-ranks": "4,8,16"})]
+        ("hetlora", {"strategy": "hetlora", "hetlora.ranks": "4,8,16"})]
 
 
 def agnews(rounds: int) -> None:
@@ -84,15 +84,15 @@ def probe(family: str, mode: str) -> None:
 
     from pollen.config import RunConfig
     from pollen.data import load_task
-    from pollen.families import build_family_model
+    from strategies import build_model_for
     from pollen.models import build_backbone
     from pollen.training import make_loader, torch_dataset, train
 
-    config = RunConfig.from_mapping({**COMMON, "strategy": "heterotune"})
+    config = run_config({**COMMON, "strategy": "heterotune"})
     task = load_task(config)
     data = torch_dataset(task.pool.select(range(64)), "text", family, config.max_seq_len)
     if mode == "dema":
-        model = build_family_model(config, family, task.num_classes)
+        model = build_model_for(config, family, task.num_classes)
     else:
         model = build_backbone(family, task.num_classes, config.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

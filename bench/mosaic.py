@@ -8,7 +8,7 @@ digits: the CNN, 10 clients, Dirichlet 0.01, 0.1 and 1.0; Mosaic warms up for ha
 rounds, trains generators in the next and continues with FedAvg. Same seed
 (42), splits and total rounds in every row; global accuracy on the server's test split.
 The second Mosaic row trains the meta model on the prototypes of every round (the
-official code's reading, ``mosaic-prototype-rounds = all``). Reports, per row, every round, the final and best accuracy, and for Mosaic the accuracy
+official code's reading, ``mosaic.prototype-rounds = all``). Reports, per row, every round, the final and best accuracy, and for Mosaic the accuracy
 just before and after distillation, the teacher's, the meta model's prototype accuracy, the
 distillation KL and the wall time of each stage. Expected duration on 2 CPU cores: about
 15 minutes.
@@ -23,7 +23,7 @@ from bench.common import simulate, write_report
 
 DIGITS = {"dataset": "digits", "model": "cnn", "lr": 0.01, "local-epochs": 2,
           # Dirichlet 0.01 leaves two clients with 2 train examples each; k <= 2 for all.
-          "mosaic-prototypes": 2}
+          "mosaic.prototypes": 2}
 ALPHAS = {"digits": (0.01, 0.1, 1.0)}
 
 
@@ -92,9 +92,9 @@ def main() -> None:
     lines = [f"{args.suite}: 10 clients, {rounds} rounds in every row, seed 42. Mosaic: "
              f"{warmup} warm-up rounds (FedAvg), generator round {warmup + 1}, then FedAvg; "
              f"run config `{data}` on top of the defaults (FedProx mu 0.01).", ""]
-    mosaic = {"strategy": "mosaic", "mosaic-warmup-rounds": warmup}
+    mosaic = {"strategy": "mosaic", "mosaic.warmup-rounds": warmup}
     variants = [("mosaic", mosaic),
-                ("mosaic (all rounds' prototypes)", {**mosaic, "mosaic-prototype-rounds": "all"}),
+                ("mosaic (all rounds' prototypes)", {**mosaic, "mosaic.prototype-rounds": "all"}),
                 ("fedavg", {"strategy": "fedavg"}), ("fedprox", {"strategy": "fedprox"})]
     for alpha in ALPHAS[args.suite]:
         results = {}

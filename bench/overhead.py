@@ -32,14 +32,15 @@ from bench.common import AG_NEWS, pyplot, save_plot, write_report
 from pollen.adapters import travelling_state
 from pollen.config import RunConfig
 from pollen.data import load_task
-from pollen.families import build_family_model
 from pollen.models import build_backbone
 from pollen.progress import Progress
-from pollen.records import (ARRAYS_KEY, GLOBAL_ROUND_KEY, PROTOTYPES_KEY, from_array_record,
-                            to_array_record)
+from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.server_data import load_server_data
-from strategies import build_strategy
+from strategies import build_model_for, build_strategy, run_config
 from strategies.directory import ClientDirectory
+from strategies.guided.client import GLOBAL_ROUND_KEY
+from strategies.mosaic.client import PROTOTYPES_KEY
+from strategies.spec import ServerSetup
 from tests.deployment import write_topics
 from tests.localgrid import LocalGrid
 
@@ -64,7 +65,7 @@ class Setting:
     def __init__(self, config: RunConfig, full: bool) -> None:
         self.config = config.replace(fraction_train=1.0)
         task = load_task(self.config)
-        self.model = build_family_model(self.config, self.config.model, NUM_CLASSES)
+        self.model = build_model_for(self.config, self.config.model, NUM_CLASSES)
         if full:  # every parameter travels: full fine-tuning
             self.model = build_backbone(self.config.model, NUM_CLASSES, self.config.seed)
         self.initial = travelling_state(self.model)
@@ -75,14 +76,15 @@ class Setting:
             self.model, "config") else 0
 
     def strategy(self, name: str, grid: LocalGrid):
-        config = self.config.replace(strategy=name, hetlora_ranks="8" if name == "hetlora"
-                                     else "", mosaic_warmup_rounds=1, num_server_rounds=3)
+        config = run_config({**self.config.to_mapping(), "strategy": name,
+                             "num-server-rounds": 3, "hetlora.ranks": "8",
+                             "mosaic.warmup-rounds": 1})
         directory = ClientDirectory(config.to_mapping(), timeout=60)
         directory.refresh(grid, strict=True)
         family = config.model
-        return build_strategy(config, directory, to_array_record(self.initial), self.model,
-                              self.server_data, "text", {family: self.initial},
-                              {family: self.model}, NUM_CLASSES)
+        return build_strategy(ServerSetup(config, directory, {family: self.model},
+                                          {family: self.initial}, NUM_CLASSES, "text",
+                                          self.server_data))
 
 
 def _replies(messages: list[Message], seed: int, width: int) -> list[Message]:
@@ -150,7 +152,7 @@ def run(quick: bool, out_dir: Path) -> Path:
         model, counts = "tiny-bert", (10, 100)
     else:
         dataset, model, counts = str(AG_NEWS), "minilm", (10, 100, 1000)
-    base = RunConfig.from_mapping({"dataset": dataset, "model": model, "max-seq-len": 64,
+    base = run_config({"dataset": dataset, "model": model, "max-seq-len": 64,
                                    "server-data-fraction": 0.05, "partitioner": "iid"})
     settings = [("adapter (LoRA)", Setting(base, False), LORA_STRATEGIES, counts),
                 ("adapter (DeMA)", Setting(base.replace(strategy="heterotune"), False),

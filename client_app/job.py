@@ -11,13 +11,15 @@ from flwr.app import Context, Message
 from torch import nn
 
 from pollen.adapters import load_travelling_state
-from pollen.config import ConfigError, RunConfig
+from pollen.catalog import check_compatible
+from pollen.config import RunConfig
 from pollen.data import client_file_split, client_split, load_task
 from pollen.device import resolve_device
-from pollen.families import build_family_model, family_of
-from pollen.models import check_compatible
+from pollen.errors import ConfigError
+from pollen.families import family_of
 from pollen.records import ARRAYS_KEY, LABEL_NAMES_KEY, from_array_record
 from pollen.training import torch_dataset
+from strategies import method_of, run_config, run_config_keys
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class ClientJob:
         the node config (``client-id``, ``data-path`` or ``partition-id`` and
         ``num-partitions``, ``model``, ``device``)."""
         sent = message.content["config"]
-        config = RunConfig.from_mapping({k: v for k, v in sent.items()
-                                         if k in RunConfig.keys()})
+        keys = set(run_config_keys())
+        config = run_config({k: v for k, v in sent.items() if k in keys})
         label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config
         node_model = str(node["model"]) if "model" in node else None
@@ -104,4 +106,4 @@ def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path
 def _model(config: RunConfig, family: str, num_classes: int) -> nn.Module:
     """Built once per process and family: every call overwrites all travelling
     (trainable) tensors, and the frozen ones never change."""
-    return build_family_model(config, family, num_classes)
+    return method_of(config.strategy).build_model(config, family, num_classes)

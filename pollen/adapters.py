@@ -14,25 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pollen.config import ConfigError, RunConfig
 
 
 class LayoutError(ValueError):
     """Received tensors do not match the model's travelling tensors."""
-
-
-def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
-    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
-                      lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                      target_modules=config.target_modules)
-    try:
-        return get_peft_model(backbone, lora)
-    except ValueError as error:
-        raise ConfigError(f"lora-target-modules '{config.lora_target_modules}' do not fit "
-                          f"model '{config.model}': {error}") from error
 
 
 def is_adapter_model(model: nn.Module) -> bool:
@@ -140,20 +125,16 @@ def reinitialise_travelling(model: nn.Module, seed: int) -> dict[str, np.ndarray
     return travelling_state(model)
 
 
-def save_final_model(model: nn.Module, out_dir: Path) -> Path:
-    """peft's own format for adapters (adapter_config.json + adapter_model.safetensors,
-    loadable with ``PeftModel.from_pretrained``); DeMA's adapter and settings
-    (``pollen.dema.load_dema_adapter`` loads them); model.safetensors for plain modules."""
+def save_final_model(model: nn.Module, out_dir: Path) -> None:
+    """The model's own ``save_pretrained`` where it has one: peft's format for LoRA
+    (adapter_config.json + adapter_model.safetensors, loadable with
+    ``PeftModel.from_pretrained``), DeMA's (``pollen.dema.load_dema_adapter``); otherwise
+    model.safetensors with every weight."""
     from safetensors.torch import save_file
 
-    from pollen.dema.model import DemaModel, save_dema_adapter
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    if is_adapter_model(model):
+    if hasattr(model, "save_pretrained"):
         model.save_pretrained(out_dir)
-        return out_dir / "adapter_model.safetensors"
-    if isinstance(model, DemaModel):
-        return save_dema_adapter(model, out_dir)
-    path = out_dir / "model.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
-    return path
+        return
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              out_dir / "model.safetensors")

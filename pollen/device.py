@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from pollen.config import ConfigError
+from pollen.errors import ConfigError
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -12,13 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pollen.config import ConfigError, RunConfig
+from pollen.catalog import MODEL_NAMES, TINY_BERTS, TRUNCATED_MINILM_LAYERS, modality_of
+from pollen.config import RunConfig
+from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
-
-MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert", "tiny-bert-w64")
-# Tiny random BERTs for tests: (hidden size, layers, heads); MiniLM's vocabulary.
-TINY_BERTS = {"tiny-bert": (32, 2, 2), "tiny-bert-w64": (64, 3, 4)}
-TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 
 
 def minilm_dir() -> Path:
@@ -42,16 +39,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.hidden(self.features(pixels.view(-1, 1, 8, 8))))
-
-
-def modality_of(model_name: str) -> str:
-    return "image" if model_name == "cnn" else "text"
-
-
-def check_compatible(model_name: str, modality: str) -> None:
-    if modality_of(model_name) != modality:
-        raise ConfigError(f"model '{model_name}' takes {modality_of(model_name)} input but "
-                          f"the dataset holds {modality} examples")
 
 
 def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
@@ -95,10 +82,22 @@ def build_tokenizer(model_name: str):
     return AutoTokenizer.from_pretrained(source)
 
 
+def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
+    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=config.target_modules)
+    try:
+        return get_peft_model(backbone, lora)
+    except ValueError as error:
+        raise ConfigError(f"lora-target-modules '{config.lora_target_modules}' do not fit "
+                          f"model '{config.model}': {error}") from error
+
+
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The trainable model: the CNN as is, transformers wrapped with peft LoRA."""
-    from pollen.adapters import wrap_lora
-
     backbone = build_backbone(config.model, num_classes, config.seed)
     if modality_of(config.model) == "image":
         return backbone

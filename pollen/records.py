@@ -16,12 +16,8 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from pollen import wire
 
-# ArrayRecord keys of train messages: the model to train, and (FedRef) the proximal anchor.
+# ArrayRecord key of train and evaluate messages, and of train replies: the model.
 ARRAYS_KEY = "arrays"
-REFERENCE_KEY = "reference"
-# Train config key -> reply metric (guided merging): the index of the global model the
-# client started from (0 = the initial model; round r sends global r-1).
-GLOBAL_ROUND_KEY = "global-round"
 # Config key of every message: the run's class names, so that a client reading its own
 # file (deployment) maps labels exactly as the server does.
 LABEL_NAMES_KEY = "label-names"
@@ -75,7 +71,3 @@ def array_bytes(content: RecordDict) -> int:
     """Serialized size of every tensor in a message (what Flower puts on the wire)."""
     return sum(len(array.data) for record in content.array_records.values()
                for array in record.values())
-# Mosaic: the train config's stage, and the reply's extra records (client_app/mosaic.py).
-MOSAIC_STAGE_KEY = "mosaic-stage"
-PROTOTYPES_KEY = "mosaic-prototypes"
-GENERATOR_KEY = "mosaic-generator"

@@ -19,13 +19,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from pollen.adapters import load_travelling_state, save_final_model, travelling_state
-from pollen.config import ConfigError, RunConfig
+from pollen.catalog import check_compatible
+from pollen.config import RunConfig
 from pollen.data import check_enough_examples, load_task
 from pollen.device import resolve_device
-from pollen.families import FAMILY_STRATEGIES, build_family_model
-from pollen.models import check_compatible
+from pollen.errors import ConfigError
 from pollen.progress import Progress
-from pollen.records import LABEL_NAMES_KEY, from_array_record, to_array_record
+from pollen.records import LABEL_NAMES_KEY, from_array_record
 from pollen.registry.publisher import RegistryPublisher
 from pollen.seeding import seed_everything
 from pollen.server_data import load_server_data
@@ -33,9 +33,9 @@ from pollen.training import EvalResult, evaluate, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
-from strategies import build_strategy, check_strategy_name
+from strategies import build_strategy, method_of, run_config
 from strategies.directory import ClientDirectory
-from strategies.families import FamilyFedAvg
+from strategies.spec import ServerSetup
 
 
 class ServerEvaluator:
@@ -45,15 +45,14 @@ class ServerEvaluator:
     def __init__(self, config: RunConfig) -> None:
         task = load_task(config)
         self.device = resolve_device(config.device)
-        families = config.families if config.strategy in FAMILY_STRATEGIES else [config.model]
+        self.method = method_of(config.strategy)
         self.models, self.loaders = {}, {}
-        for family in families:
+        for family in config.families:
             check_compatible(family, task.modality)
-            self.models[family] = build_family_model(config, family,
-                                                     task.num_classes).to(self.device)
+            self.models[family] = self.method.build_model(config, family,
+                                                          task.num_classes).to(self.device)
             test = torch_dataset(task.server_test, task.modality, family, config.max_seq_len)
             self.loaders[family] = make_loader(test, config.batch_size, shuffle=False, seed=0)
-        self.model = self.models[families[0]]  # the model of single-model strategies
 
     def evaluate_family(self, family: str, tensors: dict) -> EvalResult:
         """A family's model with ``tensors`` on the server's test split."""
@@ -61,7 +60,7 @@ class ServerEvaluator:
         return evaluate(self.models[family], self.loaders[family], self.device)
 
     def __call__(self, strategy) -> dict[str, EvalResult]:
-        if isinstance(strategy, FamilyFedAvg):
+        if self.method.families:
             models = strategy.global_models()
         else:
             models = {next(iter(self.models)): from_array_record(strategy.global_arrays)}
@@ -76,12 +75,11 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     checkpoint = None
     if config.resume:
         run_dir = Path(config.resume).expanduser().resolve()
-        config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+        config = run_config(json.loads((run_dir / "config.json").read_text()))
         config.check_server_files()
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
-    check_strategy_name(config.strategy)
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
     task = load_task(config)
@@ -99,11 +97,10 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     log(INFO, "%d clients: %s", len(clients),
         ", ".join(f"{c.client_id} ({c.num_train} train / {c.num_test} test)" for c in clients))
 
-    initial_models = {family: travelling_state(m) for family, m in evaluator.models.items()}
-    strategy = build_strategy(config, directory,
-                              to_array_record(initial_models[next(iter(initial_models))]),
-                              evaluator.model, server_data, task.modality, initial_models,
-                              evaluator.models, task.num_classes, evaluator.loaders)
+    strategy = build_strategy(ServerSetup(
+        config, directory, evaluator.models,
+        {family: travelling_state(m) for family, m in evaluator.models.items()},
+        task.num_classes, task.modality, server_data, evaluator.loaders))
     strategy.check_clients(clients)
     strategy.summary()
     if checkpoint is None:
@@ -173,7 +170,7 @@ def build_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = RunConfig.from_mapping({**dict(context.run_config), **dict(overrides or {})})
+        config = run_config({**dict(context.run_config), **dict(overrides or {})})
         run(grid, config)
 
     return server_app

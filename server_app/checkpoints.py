@@ -24,7 +24,7 @@ import torch
 from flwr.common.logger import log
 from safetensors.numpy import load_file, save_file
 
-from strategies.base import PollenFedAvg, StrategyState
+from strategies.base import PollenStrategy, StrategyState
 
 FORMAT = 1
 TENSORS, STATE = "strategy.safetensors", "state.json"
@@ -53,7 +53,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_checkpoint(run_dir: Path, server_round: int, strategy: PollenFedAvg,
+def save_checkpoint(run_dir: Path, server_round: int, strategy: PollenStrategy,
                     keep: int) -> Path:
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from pollen.config import RunConfig
 from pollen.records import array_bytes, encode_records
 from pollen.training import EvalResult
-from strategies.base import PollenFedAvg
+from strategies.base import PollenStrategy
 
 
 def _valid(replies: list[Message]) -> list[Message]:
@@ -30,7 +30,7 @@ def _metric(record, key: str) -> float | None:
     return None if record is None or key not in record else float(record[key])
 
 
-def _failures(strategy: PollenFedAvg, phase: str, sent: list[Message],
+def _failures(strategy: PollenStrategy, phase: str, sent: list[Message],
               replies: list[Message], timeout: float) -> list[str]:
     """What went wrong with each message of a phase that got no valid reply."""
     name = strategy.directory.name_of
@@ -54,7 +54,7 @@ _CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds", "peak_memory_mb"}
 _CLIENT_EVAL_KEYS = {"eval_loss", "eval_accuracy"}
 
 
-def _per_family(strategy: PollenFedAvg, server_evals: dict[str, EvalResult],
+def _per_family(strategy: PollenStrategy, server_evals: dict[str, EvalResult],
                 train_messages: list[Message], train_replies: list[Message],
                 rejected: dict[int, str], bytes_up_of: dict[int, int]) -> dict:
     """Each family's server accuracy, bytes per client and the clients' peak memory."""
@@ -81,7 +81,7 @@ def _per_family(strategy: PollenFedAvg, server_evals: dict[str, EvalResult],
     return fields
 
 
-def run_round(grid: Grid, strategy: PollenFedAvg, config: RunConfig, server_round: int,
+def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_round: int,
               evaluate_global: Callable[[], dict[str, EvalResult]], run_record: dict) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row.
 

@@ -1,114 +1,76 @@
-"""Server halves of Pollen's strategies, one per file, selected by the ``strategy`` key."""
+"""Pollen's methods, one folder each (``strategies/<method>/``), and the run config they
+share. ``METHODS`` is the registry: method name -> ``spec.MethodSpec``."""
 
 from __future__ import annotations
 
-import datasets
-from flwr.app import ArrayRecord
-from torch import nn
+from collections.abc import Mapping
+from typing import Any
 
-from pollen.config import ConfigError, RunConfig
-from pollen.families import FAMILY_STRATEGIES
-from pollen.server_data import ServerData
-from pollen.training import torch_dataset
-from strategies.atlas import ModelAtlas
-from strategies.base import PollenFedAvg
-from strategies.central import Central
-from strategies.coefficient_search import CoefficientSearch
-from strategies.directory import ClientDirectory
-from strategies.fedavg import FedAvg
-from strategies.fedmerge import FedMerge, initial_global_models
-from strategies.fedprox import FedProx
-from strategies.fedref import FedRef
-from strategies.families import FamilyFedAvg
-from strategies.guided import GuidedMerge
-from strategies.heterotune import HeteroTune
-from strategies.hetlora import HetLoRA
-from strategies.mosaic import Mosaic
+from pollen.config import RunConfig, Section
+from pollen.errors import ConfigError
+from strategies import (central, fedavg, fedavg_per_family, fedmerge, fedprox, fedref, guided,
+                        heterotune, hetlora, mosaic)
+from strategies.base import PollenStrategy
+from strategies.spec import MethodSpec, ServerSetup
 
-STRATEGIES: dict[str, type[PollenFedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx,
-                                             "fedref": FedRef, "fedmerge": FedMerge,
-                                             "guided": GuidedMerge, "central": Central,
-                                             "heterotune": HeteroTune,
-                                             "fedavg-per-family": FamilyFedAvg,
-                                             "hetlora": HetLoRA, "mosaic": Mosaic}
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    fedavg.SPEC,
+    fedprox.SPEC,
+    fedref.SPEC,
+    fedmerge.SPEC,
+    guided.SPEC,
+    central.SPEC,
+    heterotune.SPEC,
+    fedavg_per_family.SPEC,
+    hetlora.SPEC,
+    mosaic.SPEC,
+)}
+SECTIONS: dict[str, type[Section]] = {s.name: s.config for s in METHODS.values() if s.config}
 
 
-def check_strategy_name(name: str) -> None:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(STRATEGIES)}")
+def method_of(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
 
 
-def build_strategy(config: RunConfig, directory: ClientDirectory,
-                   initial_arrays: ArrayRecord, template: nn.Module | None,
-                   server_data: ServerData | None = None, modality: str = "",
-                   initial_models: dict | None = None,
-                   family_models: dict[str, nn.Module] | None = None, num_classes: int = 0,
-                   test_loaders: dict | None = None) -> PollenFedAvg:
-    """The configured strategy; ``template`` is the server's model (same architecture and
-    frozen weights as the clients'), needed by strategies that initialise several models
-    (fedmerge) or run it on the server's data ``server_data`` (guided, central), whose
-    examples are of ``modality``; ``initial_models`` are the travelling tensors of each
-    family's model (heterotune, fedavg-per-family, hetlora, mosaic). Mosaic also needs
-    each family's model object ``family_models`` (the server's experts and student run on
-    them), ``num_classes``, and optionally the server's test split per family
-    ``test_loaders``, to report accuracies around distillation."""
-    check_strategy_name(config.strategy)
-    common = dict(directory=directory, initial_arrays=initial_arrays, seed=config.seed,
-                  fraction_train=config.fraction_train,
-                  fraction_evaluate=config.fraction_evaluate,
-                  min_train_nodes=1, min_evaluate_nodes=1,
-                  min_available_nodes=config.min_clients,
-                  client_rotation=config.client_rotation, min_replies=config.min_replies,
-                  norm_limit=config.update_norm_limit,
-                  norm_action=config.update_norm_action)
-    if config.strategy == "fedprox":
-        return FedProx(proximal_mu=config.fedprox_mu, **common)
-    if config.strategy == "fedref":
-        return FedRef(p=config.fedref_p, lam=config.fedref_lambda,
-                      client_mu=config.fedref_mu if config.fedref_client_prox else 0.0,
-                      **common)
-    if config.strategy == "fedmerge":
-        if template is None:
-            raise ValueError("fedmerge needs the server's model to initialise its global models")
-        return FedMerge(
-            global_models=initial_global_models(template, config.num_global_models,
-                                                config.seed),
-            mu=config.fedmerge_mu, lr_w=config.lr_w, lr_theta=config.lr_theta,
-            w_tensors=config.fedmerge_w_tensors, w_step=config.fedmerge_w_step, **common)
-    if config.strategy in FAMILY_STRATEGIES:
-        if initial_models is None:
-            raise ValueError(f"{config.strategy} needs every family's initial model")
-        common.pop("initial_arrays")
-        if config.strategy == "heterotune":
-            return HeteroTune(initial_models=initial_models, use_cmga=config.cmga, **common)
-        if config.strategy == "mosaic":
-            if family_models is None or num_classes < 1:
-                raise ValueError("mosaic needs every family's model and the class count")
-            return Mosaic(initial_models=initial_models, config=config, models=family_models,
-                          num_classes=num_classes, test_loaders=test_loaders, **common)
-        if config.strategy == "hetlora":
-            return HetLoRA(initial_models=initial_models, ranks=config.hetlora_rank_of,
-                           **common)
-        return FamilyFedAvg(initial_models=initial_models, **common)
-    if config.strategy in ("guided", "central"):
-        if template is None or server_data is None:
-            raise ValueError(f"{config.strategy} needs the server's model and its data")
-        device = next(template.parameters()).device
+def run_config(values: Mapping[str, Any]) -> RunConfig:
+    """The validated run config of Flower's flat mapping (shared keys and
+    ``<method>.<key>``), checked against what its strategy needs."""
+    config = RunConfig.from_mapping(values, SECTIONS)
+    method_of(config.strategy).check(config)
+    return config
 
-        def convert(split: datasets.Dataset) -> datasets.Dataset:
-            return torch_dataset(split, modality, config.model, config.max_seq_len)
 
-        if config.strategy == "central":
-            everything = datasets.concatenate_datasets([server_data.search, server_data.holdout])
-            return Central(model=template, server_set=convert(everything),
-                           epochs=config.local_epochs, lr=config.lr,
-                           batch_size=config.batch_size, **common)
-        search = CoefficientSearch(
-            template, convert(server_data.search), convert(server_data.holdout),
-            loss="ce" if server_data.labeled else config.unlabeled_loss,
-            granularity=config.guided_granularity,
-            steps=config.search_steps, lr=config.search_lr,
-            batch_size=config.search_batch_size, device=device)
-        atlas = ModelAtlas(config.atlas_size, config.max_staleness, config.eviction_patience)
-        return GuidedMerge(search=search, atlas=atlas, **common)
-    return STRATEGIES[config.strategy](**common)
+def run_config_keys() -> list[str]:
+    """Every key a run config may hold: the shared ones and every method's."""
+    return RunConfig.keys() + [key for section in SECTIONS.values() for key in section.keys()]
+
+
+def default_run_config() -> dict[str, Any]:
+    """Every key with its default, as pyproject.toml declares them (flattened)."""
+    defaults = RunConfig().to_mapping()
+    for section in SECTIONS.values():
+        defaults.update(section().to_mapping())
+    return defaults
+
+
+def with_method(config: RunConfig) -> RunConfig:
+    """``config`` with its strategy's section: a RunConfig built directly (not through
+    ``run_config``) has none, and gets the section's defaults."""
+    spec = method_of(config.strategy)
+    if config.method is None and spec.config is not None:
+        config = config.replace(method=spec.config())
+    spec.check(config)
+    return config
+
+
+def build_strategy(setup: ServerSetup) -> PollenStrategy:
+    setup.config = with_method(setup.config)
+    return method_of(setup.config.strategy).build(setup)
+
+
+def build_model_for(config: RunConfig, family: str, num_classes: int):
+    """A family's model as the run's strategy builds it (LoRA, or its own adapters)."""
+    config = with_method(config)
+    return method_of(config.strategy).build_model(config, family, num_classes)

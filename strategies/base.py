@@ -36,7 +36,7 @@ from strategies.validation import RejectedReply, validated_tensors
 StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
 
 
-class PollenFedAvg(FedAvg):
+class PollenStrategy(FedAvg):
     """Flower's FedAvg, sampled by client id, with its state in ``state_dict()``."""
 
     def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
@@ -84,7 +84,8 @@ class PollenFedAvg(FedAvg):
                   node_ids: list[int], message_type: str) -> list[Message]:
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return list(self._construct_messages(record, node_ids, message_type))
+        return [Message(content=record, message_type=message_type, dst_node_id=node)
+                for node in node_ids]
 
     def personal_messages(self, server_round: int, config: ConfigRecord, nodes: list[int],
                           message_type: str, tensors_for: Callable[[int], dict[str, np.ndarray]]
@@ -151,6 +152,15 @@ class PollenFedAvg(FedAvg):
                 "model", valid, self.min_replies)
             return []
         return kept
+
+    def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
+        """The accepted replies that carry content (error replies are logged and left out),
+        for strategies that aggregate on their own rather than through Flower's FedAvg."""
+        kept = self.accepted(replies)
+        valid = [m for m in kept if not m.has_error()]
+        log(INFO, "aggregate_train: %d valid replies, %d errors, %d rejected", len(valid),
+            len(kept) - len(valid), len(self.rejected))
+        return valid
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:

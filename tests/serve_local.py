@@ -11,7 +11,8 @@ import sys
 from client_app.app import app as client_app
 from pollen.config import RunConfig
 from server_app.app import run
+from strategies import run_config
 from tests.localgrid import LocalGrid
 
 if __name__ == "__main__":
-    run(LocalGrid.simulation(client_app, 4), RunConfig.from_mapping(json.loads(sys.argv[1])))
+    run(LocalGrid.simulation(client_app, 4), run_config(json.loads(sys.argv[1])))

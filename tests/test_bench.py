@@ -5,6 +5,8 @@ import pytest
 
 from bench.__main__ import SUITES, main
 
+pytestmark = pytest.mark.slow  # each quick suite runs for 20 s to 2 min
+
 EXPECTED_ROWS = {
     "accuracy": ["| fedavg |", "| fedprox |", "| fedref |", "| fedmerge |", "| guided |",
                  "| central |", "| mosaic |", "| fedavg-per-family |",

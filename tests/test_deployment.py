@@ -22,6 +22,8 @@ TINY_JOB = ("model='tiny-bert' lr=0.05 local-epochs=4 max-seq-len=16 num-server-
             "min-clients=2")
 
 
+@pytest.mark.slow
+@pytest.mark.deploy
 def test_loopback_deployment_runs_and_refuses_strangers(tmp_path):
     with loopback(tmp_path) as link:
         write_topics(tmp_path / "server.csv", 120, ["sport", "money", "space", "music"], seed=1)
@@ -63,6 +65,8 @@ def _check_strangers_are_refused(link):
     assert "CERTIFICATE_VERIFY_FAILED" in link.started.log("no-ca")
 
 
+@pytest.mark.slow
+@pytest.mark.deploy
 def test_a_client_with_bad_node_config_answers_with_an_error(tmp_path):
     """In-process check of the node-config errors a deployed client reports."""
     from client_app.app import app as client_app

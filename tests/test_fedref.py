@@ -12,6 +12,7 @@ from pollen.models import build_model
 from pollen.records import from_array_record, to_array_record
 from pollen.training import proximal_term
 from server_app.app import run
+from strategies import run_config
 from tests.localgrid import LocalGrid
 from tests.test_strategies import describe_only, make_strategy, reply_to
 
@@ -33,7 +34,7 @@ def test_reference_is_the_mean_of_the_last_p_globals_and_the_map_step_is_exact()
     grid = LocalGrid.simulation(describe_only, 2)
     lam, p = 0.5, 3
     init = {k: np.full(s, 1.0, np.float32) for k, s in SHAPES.items()}
-    strategy = make_strategy(RunConfig(strategy="fedref", fedref_p=p, fedref_lambda=lam),
+    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.p": p, "fedref.lambda": lam}),
                              grid, to_array_record(init))
     rng = np.random.default_rng(0)
     globals_so_far = [init]
@@ -58,7 +59,7 @@ def test_reference_is_the_mean_of_the_last_p_globals_and_the_map_step_is_exact()
 
 def test_client_prox_off_sends_no_reference():
     grid = LocalGrid.simulation(describe_only, 2)
-    strategy = make_strategy(RunConfig(strategy="fedref", fedref_client_prox=False), grid)
+    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.client-prox": False}), grid)
     message = next(iter(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid)))
     assert "reference" not in message.content.array_records
     assert "proximal-mu" not in message.content["config"]
@@ -66,7 +67,7 @@ def test_client_prox_off_sends_no_reference():
 
 def test_state_round_trip_keeps_the_window():
     grid = LocalGrid.simulation(describe_only, 2)
-    config = RunConfig(strategy="fedref", fedref_p=2)
+    config = run_config({"strategy": "fedref", "fedref.p": 2})
     strategy = make_strategy(config, grid)
     rng = np.random.default_rng(1)
     for server_round in (1, 2, 3):
@@ -89,7 +90,7 @@ def test_proximal_term_gradient_is_mu_times_the_distance():
 
 
 def test_a_client_sent_a_reference_stays_near_the_reference():
-    config = RunConfig(local_epochs=3)
+    config = run_config({"strategy": "fedref", "local-epochs": 3})
     model = build_model(config, 10)
     start = travelling_state(model)
     reference = {k: v + 0.05 for k, v in start.items()}
@@ -141,8 +142,8 @@ def test_the_reference_is_counted_in_bytes_down(tmp_path):
     assert down["fedref"] * 2 == down["fedavg"] * 3
 
 
-@pytest.mark.parametrize("key, value", [("fedref-p", 0), ("fedref-lambda", -0.1),
-                                        ("fedref-mu", -1.0)])
+@pytest.mark.parametrize("key, value", [("fedref.p", 0), ("fedref.lambda", -0.1),
+                                        ("fedref.mu", -1.0)])
 def test_bad_fedref_values_are_named(key, value):
     with pytest.raises(ConfigError, match=key):
-        RunConfig.from_mapping({"strategy": "fedref", key: value})
+        run_config({"strategy": "fedref", key: value})

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import processes_mentioning, stop
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # starts a SuperLink and Ray through `flwr run`
 
 
 def test_flwr_run_streams_the_default_job(tmp_path):

@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 from pollen.config import ConfigError, RunConfig
 from pollen.records import to_array_record
 from strategies.validation import RejectedReply, validated_tensors
+from strategies import run_config
 from tests.localgrid import LocalGrid
 
 KEYS = st.sampled_from(RunConfig.keys() + ["server-round", "bogus-key"])
@@ -24,11 +25,11 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
 @given(st.dictionaries(KEYS, VALUES, max_size=6))
 def test_run_config_is_accepted_or_rejected_with_a_config_error(values):
     try:
-        config = RunConfig.from_mapping(values)
+        config = run_config(values)
     except ConfigError as error:
         assert str(error)
     else:
-        assert RunConfig.from_mapping(config.to_mapping()) == config
+        assert run_config(config.to_mapping()) == config
 
 
 SENT = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}

@@ -12,11 +12,13 @@ from pollen.adapters import travelling_state
 from pollen.config import ConfigError, RunConfig
 from pollen.data import client_split, load_task, noisy_clients
 from pollen.models import build_model
-from pollen.records import GLOBAL_ROUND_KEY, from_array_record, to_array_record
+from pollen.records import from_array_record, to_array_record
 from pollen.server_data import load_server_data
 from server_app.app import run
-from strategies import build_strategy
-from strategies.atlas import AtlasEntry, ModelAtlas
+from strategies import build_strategy, run_config
+from strategies.guided.atlas import AtlasEntry, ModelAtlas
+from strategies.guided.client import GLOBAL_ROUND_KEY
+from strategies.spec import ServerSetup
 from strategies.directory import ClientDirectory
 from tests.localgrid import LocalGrid
 from tests.test_strategies import describe_only
@@ -26,14 +28,15 @@ HYBRID = {"strategy": "guided", "server-data-fraction": 0.05}
 
 def guided(grid, **overrides):
     """The real guided strategy on digits + CNN, over a grid of describe-only clients."""
-    config = RunConfig.from_mapping({**HYBRID, **overrides})
+    config = run_config({**HYBRID, **overrides})
     task = load_task(config)
     model = build_model(config, task.num_classes)
     directory = ClientDirectory(config.to_mapping(), timeout=10)
     directory.refresh(grid, strict=True)
-    initial = to_array_record(travelling_state(model))
-    return build_strategy(config, directory, initial, model,
-                          load_server_data(config, task), task.modality)
+    return build_strategy(ServerSetup(config, directory, {config.model: model},
+                                      {config.model: travelling_state(model)},
+                                      task.num_classes, task.modality,
+                                      load_server_data(config, task)))
 
 
 def trained_like(base, seed, scale=0.05):
@@ -69,7 +72,7 @@ def grid():
 # --- server-held data -------------------------------------------------------------------
 
 def test_server_data_is_taken_out_of_the_pool_before_partitioning():
-    config = RunConfig.from_mapping(HYBRID)
+    config = run_config(HYBRID)
     task = load_task(config)
     plain = load_task(RunConfig())
     held = task.server_held
@@ -86,9 +89,9 @@ def test_server_data_is_taken_out_of_the_pool_before_partitioning():
 
 
 def test_digits_shifted_moves_the_pixels_and_keeps_the_labels():
-    config = RunConfig.from_mapping({**HYBRID, "server-data": "digits-shifted"})
+    config = run_config({**HYBRID, "server-data": "digits-shifted"})
     shifted = load_server_data(config, load_task(config))
-    same = load_server_data(RunConfig.from_mapping(HYBRID), load_task(config))
+    same = load_server_data(run_config(HYBRID), load_task(config))
     assert list(shifted.search["label"]) == list(same.search["label"])
     difference = np.abs(np.array(list(shifted.search["pixels"])) - np.array(list(same.search["pixels"])))
     assert difference.mean() > 0.1
@@ -101,14 +104,14 @@ def test_an_unlabeled_server_file_means_entropy_minimisation(tmp_path, topics_cs
                          "match goal team\n")
     common = {"dataset": str(topics_csv), "model": "tiny-bert", "server-data": str(unlabeled)}
     with pytest.raises(ConfigError, match="no label column 'label'.*server-data-labeled"):
-        config = RunConfig.from_mapping({**common, "strategy": "guided"})
+        config = run_config({**common, "strategy": "guided"})
         load_server_data(config, load_task(config))
-    config = RunConfig.from_mapping({**common, "strategy": "guided",
+    config = run_config({**common, "strategy": "guided",
                                      "server-data-labeled": False})
     server = load_server_data(config, load_task(config))
     assert not server.labeled and len(server) == 4 and set(list(server.search["label"])) == {-1}
     with pytest.raises(ConfigError, match="central.*server-data-labeled = true"):
-        RunConfig.from_mapping({**common, "strategy": "central", "server-data-labeled": False})
+        run_config({**common, "strategy": "central", "server-data-labeled": False})
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -119,26 +122,26 @@ def test_an_unlabeled_server_file_means_entropy_minimisation(tmp_path, topics_cs
     ({"server-data": "digits-shifted", "dataset": "__TEXT__"}, "needs dataset 'digits'"),
     ({"server-data": "rotated"}, "unknown server-data 'rotated'"),
     ({"server-data-holdout": 1.0}, r"server-data-holdout must be in \(0, 1\)"),
-    ({"search-steps": 0}, "search-steps must be >= 1"),
+    ({"guided.search-steps": 0}, "guided.search-steps must be >= 1"),
     ({"client-label-noise": 1.5}, r"client-label-noise must be in \[0, 1\]"),
-    ({"guided-granularity": "layerwise"}, "unknown guided-granularity"),
+    ({"guided.granularity": "layerwise"}, "unknown guided.granularity"),
 ])
 def test_bad_hybrid_settings_are_refused_before_training(overrides, message, topics_csv):
     values = {**HYBRID, **overrides}
     if values.get("dataset") == "__TEXT__":
         values.update(dataset=str(topics_csv), model="tiny-bert")
     with pytest.raises(ConfigError, match=message):
-        RunConfig.from_mapping(values)
+        run_config(values)
 
 
 def test_an_empty_server_set_is_refused():
-    config = RunConfig.from_mapping({**HYBRID, "server-data-fraction": 0.001})
+    config = run_config({**HYBRID, "server-data-fraction": 0.001})
     with pytest.raises(ConfigError, match="server set would be empty or miss classes"):
         load_task(config)
 
 
 def test_label_noise_flips_the_chosen_share_of_noisy_clients_only():
-    noisy = RunConfig.from_mapping({"client-label-noise": 0.5, "noisy-client-fraction": 0.3})
+    noisy = run_config({"client-label-noise": 0.5, "noisy-client-fraction": 0.3})
     chosen = noisy_clients(noisy, 10)
     assert len(chosen) == 3
     for partition in range(10):
@@ -196,7 +199,7 @@ def test_an_update_with_nonpositive_coefficients_for_k_searches_leaves():
 
 @pytest.mark.parametrize("granularity", ["vector", "tensor"])
 def test_coefficient_initialisation_reproduces_fedavg_exactly(grid, granularity):
-    strategy = guided(grid, **{"guided-granularity": granularity})
+    strategy = guided(grid, **{"guided.granularity": granularity})
     base = from_array_record(strategy.global_arrays)
     messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
     counts = [5, 17, 3, 40]
@@ -224,7 +227,7 @@ def test_coefficient_initialisation_reproduces_fedavg_exactly(grid, granularity)
 
 @pytest.mark.parametrize("search_lr", [0.01, 50.0])
 def test_the_chosen_merge_is_never_worse_than_the_average_on_held_out_data(grid, search_lr):
-    strategy = guided(grid, **{"search-lr": search_lr})
+    strategy = guided(grid, **{"guided.search-lr": search_lr})
     for server_round in (1, 2, 3):
         train_round(strategy, grid, server_round, [10, 20, 30, 40], seed=10 * server_round,
                     )
@@ -271,7 +274,7 @@ def test_a_non_finite_reply_never_enters_the_atlas(grid):
 
 
 def test_partial_participation_keeps_stale_updates_within_the_window(grid):
-    strategy = guided(grid, **{"fraction-train": 0.5, "max-staleness": 1})
+    strategy = guided(grid, **{"fraction-train": 0.5, "guided.max-staleness": 1})
     stamps = []
     for server_round in (1, 2, 3):
         train_round(strategy, grid, server_round, [10], seed=server_round)
@@ -307,7 +310,7 @@ def test_state_round_trip_gives_the_same_next_round(grid):
 
 @pytest.mark.parametrize("strategy", ["guided", "central"])
 def test_two_rounds_end_to_end(tmp_path, strategy):
-    config = RunConfig.from_mapping({**HYBRID, "strategy": strategy, "num-server-rounds": 2,
+    config = run_config({**HYBRID, "strategy": strategy, "num-server-rounds": 2,
                                      "output-dir": str(tmp_path), "run-name": strategy,
                                      "partitioner": "dirichlet", "dirichlet-alpha": 0.1})
     outputs = run(LocalGrid.simulation(client_app, num_nodes=5), config)
@@ -327,7 +330,7 @@ def test_two_rounds_end_to_end(tmp_path, strategy):
 
 
 def test_information_maximisation_prefers_diverse_predictions_to_a_collapse():
-    from strategies.coefficient_search import server_loss
+    from strategies.guided.coefficient_search import server_loss
 
     unlabeled = torch.full((4,), -1)
     collapsed = torch.tensor([[20.0, 0.0, 0.0, 0.0]] * 4)  # one confident class for all

@@ -12,28 +12,29 @@ from pollen.adapters import travelling_state
 from pollen.config import ConfigError, RunConfig
 from pollen.data import load_task
 from pollen.dema.model import is_shared, load_dema_adapter
-from pollen.families import build_family_model, family_of
+from pollen.families import family_of
 from pollen.models import build_backbone
 from pollen.records import from_array_record, to_array_record
 from pollen.training import evaluate, make_loader, torch_dataset
 from server_app.app import run
-from strategies import build_strategy
+from strategies import build_model_for, build_strategy, run_config
 from strategies.directory import ClientDirectory
-from strategies.heterotune import cmga, conflict_fraction
+from strategies.heterotune.strategy import cmga, conflict_fraction
+from strategies.spec import ServerSetup
 from tests.localgrid import LocalGrid
 
 WIDTHS = "tiny-bert,tiny-bert-w64"  # hidden 32 / 2 layers and hidden 64 / 3 layers
 
 
 def hetero(**overrides) -> RunConfig:
-    return RunConfig.from_mapping({"strategy": "heterotune", "model-families": WIDTHS,
+    return run_config({"strategy": "heterotune", "model-families": WIDTHS,
                                    "model": "tiny-bert", **overrides})
 
 
 @pytest.mark.parametrize("family", ["tiny-bert", "minilm-l2"])
 def test_dema_leaves_the_backbone_unchanged_at_initialisation(family):
     config = hetero(**{"model-families": family, "model": family})
-    adapted = build_family_model(config, family, 4).eval()
+    adapted = build_model_for(config, family, 4).eval()
     plain = build_backbone(family, 4, config.seed).eval()
     ids = torch.randint(0, 1000, (3, 10))
     with torch.no_grad():
@@ -46,12 +47,12 @@ def test_dema_leaves_the_backbone_unchanged_at_initialisation(family):
 
 def test_shared_tensors_match_across_widths_and_family_tensors_do_not():
     config = hetero()
-    small, wide = (travelling_state(build_family_model(config, f, 4)) for f in WIDTHS.split(","))
+    small, wide = (travelling_state(build_model_for(config, f, 4)) for f in WIDTHS.split(","))
     shared = sorted(n for n in small if is_shared(n))
     assert shared and shared == sorted(n for n in wide if is_shared(n))
     for name in shared:  # same shape and the same initial values in every family
         assert np.array_equal(small[name], wide[name])
-    assert len(shared) == 2 * config.dema_banks * 2  # experts + gate, per bank and module
+    assert len(shared) == 2 * config.method.dema_banks * 2  # experts + gate, per bank and module
     down = "query.down.weight"
     assert {v.shape for n, v in small.items() if n.endswith(down)} == {(8, 32)}
     assert {v.shape for n, v in wide.items() if n.endswith(down)} == {(8, 64)}
@@ -81,9 +82,10 @@ def describe_family(msg: Message, context) -> Message:
 def strategy_over(config: RunConfig, grid: LocalGrid):
     directory = ClientDirectory(config.to_mapping(), timeout=10)
     directory.refresh(grid, strict=True)
-    models = {f: travelling_state(build_family_model(config, f, 4)) for f in config.families}
-    return build_strategy(config, directory, to_array_record({}), None,
-                          initial_models=models)
+    models = {f: build_model_for(config, f, 4) for f in config.families}
+    return build_strategy(ServerSetup(config, directory, models,
+                                      {f: travelling_state(m) for f, m in models.items()},
+                                      4, "text"))
 
 
 def answer(message, offset, num_examples):
@@ -97,7 +99,7 @@ def answer(message, offset, num_examples):
 
 @pytest.mark.parametrize("use_cmga", [True, False])
 def test_family_tensors_never_mix_and_shared_ones_combine_by_family(use_cmga):
-    config = hetero(cmga=use_cmga)
+    config = hetero(**{"heterotune.cmga": use_cmga})
     grid = LocalGrid.simulation(describe_family, num_nodes=4)
     strategy = strategy_over(config, grid)
     before = {f: dict(t) for f, t in strategy.global_models().items()}
@@ -154,16 +156,16 @@ def test_families_are_assigned_round_robin_by_mapping_or_by_node_config():
     assert family_of(config, "alice", node_model="tiny-bert-w64") == "tiny-bert-w64"
     with pytest.raises(ConfigError, match="client 'alice' has no family"):
         family_of(config, "alice")
-    with pytest.raises(ConfigError, match="'minilm', which is not among model-families"):
+    with pytest.raises(ConfigError, match="'minilm', which is not among the run's models"):
         family_of(config, "0", node_model="minilm")
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"model-families": "tiny-bert,gpt-9"}, "unknown model family 'gpt-9'"),
-    ({"dema-rank": 0}, "dema-rank must be >= 1"),
-    ({"strategy": "fedavg"}, "model-families is for the strategies that federate"),
+    ({"heterotune.dema-rank": 0}, "heterotune.dema-rank must be >= 1"),
+    ({"strategy": "fedavg"}, "model-families and family-assignment are for the strategies that"),
     ({"family-assignment": "0:minilm"}, "must be client:family with a family of"),
-    ({"strategy": "hetlora", "model-families": "minilm-l2,minilm"}, "hetlora-ranks must give"),
+    ({"strategy": "hetlora", "model-families": "minilm-l2,minilm"}, "hetlora.ranks must give"),
 ])
 def test_bad_family_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -171,9 +173,9 @@ def test_bad_family_settings_are_refused(overrides, message):
 
 
 def test_a_target_module_the_backbone_lacks_is_refused_before_training(tmp_path, topics_csv):
-    config = hetero(**{"dema-target-modules": "query,gate_proj", "dataset": str(topics_csv),
+    config = hetero(**{"heterotune.dema-target-modules": "query,gate_proj", "dataset": str(topics_csv),
                        "output-dir": str(tmp_path)})
-    with pytest.raises(ConfigError, match=r"dema-target-modules \['gate_proj'\] are not"):
+    with pytest.raises(ConfigError, match=r"heterotune.dema-target-modules: DeMA target modules \['gate_proj'\] are not"):
         run(LocalGrid.simulation(client_app, num_nodes=2), config)
     assert not list(tmp_path.iterdir())  # nothing was started
 
@@ -204,11 +206,11 @@ def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, to
 
 @pytest.mark.parametrize("strategy, families, extra", [
     ("fedavg-per-family", WIDTHS, {}),
-    ("hetlora", "minilm-l2,minilm-l4", {"hetlora-ranks": "2,4", "lr": 0.003}),
+    ("hetlora", "minilm-l2,minilm-l4", {"hetlora.ranks": "2,4", "lr": 0.003}),
 ])
 def test_the_baselines_run_in_the_same_code_path(tmp_path, topics_csv, strategy, families,
                                                  extra):
-    config = RunConfig.from_mapping({
+    config = run_config({
         "strategy": strategy, "model-families": families, "dataset": str(topics_csv),
         "lr": 0.05, "local-epochs": 2, "max-seq-len": 16, "partitioner": "iid",
         "num-server-rounds": 1, "output-dir": str(tmp_path), "run-name": strategy, **extra})

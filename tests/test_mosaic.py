@@ -9,26 +9,26 @@ import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from client_app.app import app as client_app
-from client_app.mosaic import (adversarial_loss, class_prototypes, discriminator_loss,
-                               diversity_loss, entropy_loss)
 from pollen.adapters import travelling_state
 from pollen.config import ConfigError, RunConfig
-from pollen.families import build_family_model
-from pollen.mosaic.generator import build_generator, input_signature
-from pollen.records import (GENERATOR_KEY, MOSAIC_STAGE_KEY, PROTOTYPES_KEY,
-                            from_array_record, to_array_record)
+from pollen.records import from_array_record, to_array_record
 from server_app.app import run
-from strategies import build_strategy
+from strategies import build_model_for, build_strategy, run_config
 from strategies.directory import ClientDirectory
-from strategies.mosaic_teacher import Teacher, class_experts, distill
+from strategies.mosaic.client import (GENERATOR_KEY, PROTOTYPES_KEY, STAGE_KEY,
+                                      adversarial_loss, class_prototypes, discriminator_loss,
+                                      diversity_loss, entropy_loss)
+from strategies.mosaic.generator import build_generator, input_signature
+from strategies.mosaic.teacher import Teacher, class_experts, distill
+from strategies.spec import ServerSetup
 from tests.localgrid import LocalGrid
 
-FAST = {"strategy": "mosaic", "mosaic-generator-steps": 30, "mosaic-meta-steps": 30,
-        "mosaic-distill-steps": 20, "mosaic-samples-per-generator": 8, "local-epochs": 1}
+FAST = {"strategy": "mosaic", "mosaic.generator-steps": 30, "mosaic.meta-steps": 30,
+        "mosaic.distill-steps": 20, "mosaic.samples-per-generator": 8, "local-epochs": 1}
 
 
 def mosaic(**overrides) -> RunConfig:
-    return RunConfig.from_mapping({**FAST, **overrides})
+    return run_config({**FAST, **overrides})
 
 
 def test_generator_loss_terms_on_tiny_tensors():
@@ -69,7 +69,7 @@ def test_class_experts_are_weighted_by_class_counts_exactly():
 
 
 def cnn_teacher(config: RunConfig, num_experts_from: int = 3) -> tuple[Teacher, torch.nn.Module]:
-    model = build_family_model(config, "cnn", 10)
+    model = build_model_for(config, "cnn", 10)
     start = travelling_state(model)
     rng = np.random.default_rng(1)
     uploads = [{n: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for n, v in start.items()}
@@ -80,6 +80,7 @@ def cnn_teacher(config: RunConfig, num_experts_from: int = 3) -> tuple[Teacher, 
                    torch.device("cpu")), model
 
 
+@pytest.mark.slow
 def test_the_meta_model_learns_a_separable_prototype_set():
     teacher, _ = cnn_teacher(mosaic())
     rng = np.random.default_rng(0)
@@ -96,7 +97,7 @@ def test_distillation_lowers_the_kl_to_the_teacher():
     rng = np.random.default_rng(0)
     teacher.train_meta([("cnn", rng.normal(size=(40, 64)).astype(np.float32),
                          np.arange(40) % 10)], steps=20, seed=0)
-    generators = {c: build_generator(config, ("image", 64), c) for c in ("a", "b")}
+    generators = {c: build_generator(config.seed, 16, ("image", 64), c) for c in ("a", "b")}
     start = travelling_state(model)
     result = distill(teacher, model, start, ("image", 64), generators, steps=60, lr=1e-3,
                      samples_per_generator=16, temperature=1.0, seed=0)
@@ -106,10 +107,11 @@ def test_distillation_lowers_the_kl_to_the_teacher():
     assert any(not np.array_equal(result.tensors[n], start[n]) for n in start)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prototype_rounds", ["latest", "all"])
 def test_a_run_goes_through_every_stage_on_digits(tmp_path, prototype_rounds):
-    config = mosaic(**{"num-server-rounds": 3, "mosaic-warmup-rounds": 1,
-                       "mosaic-prototype-rounds": prototype_rounds,
+    config = mosaic(**{"num-server-rounds": 3, "mosaic.warmup-rounds": 1,
+                       "mosaic.prototype-rounds": prototype_rounds,
                        "output-dir": str(tmp_path), "run-name": "m"})
     outputs = run(LocalGrid.simulation(client_app, num_nodes=3), config)
     rows = outputs.read_metrics()
@@ -142,10 +144,9 @@ def describe_clients(msg: Message, context) -> Message:
 def cnn_strategy(config: RunConfig, grid: LocalGrid):
     directory = ClientDirectory(config.to_mapping(), timeout=10)
     directory.refresh(grid, strict=True)
-    model = build_family_model(config, "cnn", 10)
-    initial = {"cnn": travelling_state(model)}
-    return build_strategy(config, directory, to_array_record(initial["cnn"]), model,
-                          initial_models=initial, family_models={"cnn": model}, num_classes=10)
+    model = build_model_for(config, "cnn", 10)
+    return build_strategy(ServerSetup(config, directory, {"cnn": model},
+                                      {"cnn": travelling_state(model)}, 10, "image"))
 
 
 def answer(message: Message, offset: float, generator: dict | None = None,
@@ -168,7 +169,7 @@ def answer(message: Message, offset: float, generator: dict | None = None,
 
 
 def generator_weights(config: RunConfig, client: str) -> dict:
-    generator = build_generator(config, ("image", 64), client)
+    generator = build_generator(config.seed, 16, ("image", 64), client)
     return {n: t.detach().numpy().copy() for n, t in generator.state_dict().items()
             if t.is_floating_point()}
 
@@ -178,7 +179,7 @@ def two_rounds(strategy, grid, config, poison: str | None = None):
     for server_round in (1, 2):
         messages = list(strategy.configure_train(server_round, strategy.global_arrays,
                                                  ConfigRecord(), grid))
-        stage = messages[0].content["config"][MOSAIC_STAGE_KEY]
+        stage = messages[0].content["config"][STAGE_KEY]
         assert stage == ("warmup" if server_round == 1 else "generator")
         replies = []
         for i, message in enumerate(messages):
@@ -191,7 +192,7 @@ def two_rounds(strategy, grid, config, poison: str | None = None):
 
 
 def test_a_non_finite_generator_is_skipped_and_counted_and_the_run_goes_on():
-    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    config = mosaic(**{"mosaic.warmup-rounds": 1, "num-server-rounds": 3})
     grid = LocalGrid.simulation(describe_clients, num_nodes=3)
     strategy = cnn_strategy(config, grid)
     two_rounds(strategy, grid, config, poison="1")
@@ -204,8 +205,8 @@ def test_a_non_finite_generator_is_skipped_and_counted_and_the_run_goes_on():
 
 
 def test_malformed_prototypes_reject_the_reply():
-    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3,
-                       "mosaic-prototype-rounds": "all"})  # checked in warm-up rounds too
+    config = mosaic(**{"mosaic.warmup-rounds": 1, "num-server-rounds": 3,
+                       "mosaic.prototype-rounds": "all"})  # checked in warm-up rounds too
     grid = LocalGrid.simulation(describe_clients, num_nodes=2)
     strategy = cnn_strategy(config, grid)
     messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
@@ -218,7 +219,7 @@ def test_malformed_prototypes_reject_the_reply():
 
 
 def test_state_round_trip_gives_the_same_teacher_and_next_round():
-    config = mosaic(**{"mosaic-warmup-rounds": 1, "num-server-rounds": 3})
+    config = mosaic(**{"mosaic.warmup-rounds": 1, "num-server-rounds": 3})
     grid = LocalGrid.simulation(describe_clients, num_nodes=3)
     strategy = cnn_strategy(config, grid)
     two_rounds(strategy, grid, config)
@@ -244,10 +245,10 @@ def test_state_round_trip_gives_the_same_teacher_and_next_round():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"mosaic-warmup-rounds": 3, "num-server-rounds": 3}, "num-server-rounds must be > 3"),
-    ({"mosaic-student-family": "minilm"}, "mosaic-student-family 'minilm'"),
-    ({"mosaic-prototypes": 0}, "mosaic-prototypes must be >= 1"),
-    ({"mosaic-temperature": 0.0}, "mosaic-temperature must be > 0"),
+    ({"mosaic.warmup-rounds": 3, "num-server-rounds": 3}, "num-server-rounds must be > 3"),
+    ({"mosaic.student-family": "minilm"}, "mosaic.student-family 'minilm'"),
+    ({"mosaic.prototypes": 0}, "mosaic.prototypes must be >= 1"),
+    ({"mosaic.temperature": 0.0}, "mosaic.temperature must be > 0"),
 ])
 def test_bad_mosaic_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -255,8 +256,8 @@ def test_bad_mosaic_settings_are_refused(overrides, message):
 
 
 def test_more_prototypes_than_a_client_has_examples_is_refused_before_training(tmp_path):
-    config = mosaic(**{"mosaic-prototypes": 500, "output-dir": str(tmp_path)})
-    with pytest.raises(ConfigError, match="mosaic-prototypes = 500 is more than these clients"):
+    config = mosaic(**{"mosaic.prototypes": 500, "output-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="mosaic.prototypes = 500 is more than these clients"):
         run(LocalGrid.simulation(client_app, num_nodes=2), config)
     assert not any(tmp_path.iterdir())  # nothing was written: no round ran
 
@@ -264,10 +265,10 @@ def test_more_prototypes_than_a_client_has_examples_is_refused_before_training(t
 def test_across_two_widths_the_student_family_is_distilled_on_its_own_inputs(tmp_path,
                                                                               topics_csv):
     config = mosaic(**{"model-families": "tiny-bert,tiny-bert-w64", "model": "tiny-bert",
-                       "mosaic-student-family": "tiny-bert-w64", "dataset": str(topics_csv),
-                       "text-column": "text", "mosaic-warmup-rounds": 0,
+                       "mosaic.student-family": "tiny-bert-w64", "dataset": str(topics_csv),
+                       "text-column": "text", "mosaic.warmup-rounds": 0,
                        "num-server-rounds": 2, "max-seq-len": 16,
-                       "mosaic-sequence-length": 8, "output-dir": str(tmp_path),
+                       "mosaic.sequence-length": 8, "output-dir": str(tmp_path),
                        "run-name": "families"})
     outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
     rows = outputs.read_metrics()
@@ -285,10 +286,11 @@ def test_across_two_widths_the_student_family_is_distilled_on_its_own_inputs(tmp
 def test_generators_take_each_family_s_inputs():
     config = mosaic(**{"model-families": "tiny-bert,tiny-bert-w64", "model": "tiny-bert"})
     for family, width in (("tiny-bert", 32), ("tiny-bert-w64", 64)):
-        model = build_family_model(config, family, 4)
+        model = build_model_for(config, family, 4)
         signature = input_signature(model, family)
         assert signature == ("text", width)
-        samples = build_generator(config, signature, "0")(torch.randn(2, 100))
-        assert samples.shape == (2, config.mosaic_sequence_length, width)
+        samples = build_generator(config.seed, config.method.sequence_length, signature,
+                                  "0")(torch.randn(2, 100))
+        assert samples.shape == (2, config.method.sequence_length, width)
         logits = model(inputs_embeds=samples, attention_mask=torch.ones(2, 16)).logits
         assert logits.shape == (2, 4)

@@ -28,6 +28,7 @@ from pollen.registry.server import serve
 from pollen.v1 import adapters_pb2 as pb
 from pollen.v1.adapters_pb2_grpc import AdapterRegistryStub
 from server_app.app import run
+from strategies import run_config
 from tests.localgrid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,14 +282,14 @@ def test_the_server_app_publishes_every_rounds_adapters(tmp_path, monkeypatch):
     try:
         common = {"num-server-rounds": 2, "output-dir": str(tmp_path),
                   "registry-address": f"127.0.0.1:{port}", "strategy": "fedmerge",
-                  "num-global-models": 2}
+                  "fedmerge.num-global-models": 2}
         monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
         with pytest.raises(ConfigError, match=f"{TOKEN_VARIABLE} is not"):
             run(LocalGrid.simulation(client_app, num_nodes=3),
-                RunConfig.from_mapping({**common, "run-name": "no-token"}))
+                run_config({**common, "run-name": "no-token"}))
         monkeypatch.setenv(TOKEN_VARIABLE, TOKEN)
         outputs = run(LocalGrid.simulation(client_app, num_nodes=3),
-                      RunConfig.from_mapping({**common, "run-name": "published"}))
+                      run_config({**common, "run-name": "published"}))
         rows = outputs.read_metrics()
         assert rows[-1]["registry_published"] == [
             "client/0@2", "client/1@2", "client/2@2", "global@2"]

@@ -37,6 +37,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fedavg", "fedmerge", "fedref", "guided"])
 def test_a_run_killed_with_sigkill_resumes_to_identical_results(tmp_path, strategy):
     common = {"strategy": strategy, "num-server-rounds": 8, "output-dir": str(tmp_path),

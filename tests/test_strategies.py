@@ -8,9 +8,10 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from pollen.config import RunConfig
 from pollen.records import from_array_record, to_array_record
-from strategies import build_strategy
+from strategies import build_strategy, run_config
 from strategies.directory import ClientDirectory, ClientSetupError
 from strategies.fedavg import FedAvg
+from strategies.spec import ServerSetup
 from tests.localgrid import LocalGrid
 
 
@@ -24,9 +25,10 @@ def describe_only(msg: Message, context) -> Message:
 def make_strategy(config: RunConfig, grid: LocalGrid, arrays=None):
     directory = ClientDirectory(config.to_mapping(), timeout=10)
     directory.refresh(grid, strict=True)
-    arrays = arrays or to_array_record({"w": np.zeros((2, 3), np.float32),
-                                        "b": np.zeros(3, np.float32)})
-    return build_strategy(config, directory, arrays, template=None)
+    tensors = (from_array_record(arrays) if arrays is not None
+               else {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+    return build_strategy(ServerSetup(config, directory, {}, {config.model: tensors}, 2,
+                                      "image"))
 
 
 def reply_to(message: Message, arrays: dict, num_examples: int, loss: float) -> Message:
@@ -109,7 +111,7 @@ def test_sampling_is_seeded_and_keyed_by_client_id():
 
 def test_fedprox_sends_mu_and_fedavg_does_not(grid):
     for name, expected in (("fedprox", 0.25), ("fedavg", None)):
-        strategy = make_strategy(RunConfig(strategy=name, fedprox_mu=0.25), grid)
+        strategy = make_strategy(run_config({"strategy": name, "fedprox.mu": 0.25}), grid)
         message = next(iter(strategy.configure_train(1, strategy.global_arrays,
                                                      ConfigRecord(), grid)))
         assert message.content["config"].get("proximal-mu") == expected

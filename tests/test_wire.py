@@ -10,6 +10,7 @@ from pollen import wire
 from pollen.config import ConfigError, RunConfig
 from pollen.records import from_array_record, to_array_record
 from server_app.app import run
+from strategies import run_config
 from tests.localgrid import LocalGrid
 
 
@@ -96,7 +97,7 @@ def test_the_decoder_never_fails_other_than_with_a_wire_error(data, encoding, sh
 
 def test_an_unknown_wire_dtype_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown wire-dtype 'fp8'"):
-        RunConfig.from_mapping({"wire-dtype": "fp8"})
+        run_config({"wire-dtype": "fp8"})
 
 
 @pytest.mark.parametrize("encoding, ratio", [("float16", 0.5), ("int8", 0.25)])
@@ -106,7 +107,7 @@ def test_a_run_in_a_compact_wire_dtype_sends_fewer_bytes_and_still_learns(tmp_pa
 
     rows = {}
     for dtype in ("float32", encoding):
-        config = RunConfig.from_mapping({"num-server-rounds": 2, "wire-dtype": dtype,
+        config = run_config({"num-server-rounds": 2, "wire-dtype": dtype,
                                          "output-dir": str(tmp_path), "run-name": dtype})
         outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
         rows[dtype] = outputs.read_metrics()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pollen.config import ConfigError
+from pollen.errors import ConfigError
 from pollen.dema.config import DemaConfig
 from pollen.dema.layer import DemaLinear, ExpertBank
 from pollen.seeding import derive_seed
@@ -39,6 +39,9 @@ class DemaModel(nn.Module):
     def forward(self, **inputs):
         return self.backbone(**inputs)
 
+    def save_pretrained(self, out_dir: Path) -> None:
+        save_dema_adapter(self, Path(out_dir))
+
 
 def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaModel:
     """Freeze the backbone except its classifier head and add DeMA layers in place."""
@@ -53,7 +56,7 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
                and isinstance(module, nn.Linear) and _LAYER_INDEX.search(name)]
     missing = set(config.target_modules) - {name.rsplit(".", 1)[-1] for name, _ in targets}
     if missing:
-        raise ConfigError(f"dema-target-modules {sorted(missing)} are not linear layers of "
+        raise ConfigError(f"DeMA target modules {sorted(missing)} are not linear layers of "
                           f"the encoder layers of '{family}'")
     for parameter in backbone.parameters():
         parameter.requires_grad = False

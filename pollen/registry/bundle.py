@@ -61,9 +61,10 @@ def manifest_for(model: nn.Module, config: RunConfig, num_classes: int, *, base_
         round=server_round, strategy=config.strategy, scope=SCOPE_NAMES[scope],
         num_classes=num_classes, run_id=run_id)
     if is_adapter_model(model):
+        lora = model.peft_config[model.active_adapter]
         manifest.adapter_type = pb.ADAPTER_TYPE_LORA
-        manifest.rank, manifest.alpha = config.lora_r, config.lora_alpha
-        manifest.target_modules.extend(config.target_modules)
+        manifest.rank, manifest.alpha = lora.r, lora.lora_alpha
+        manifest.target_modules.extend(sorted(lora.target_modules))
     elif isinstance(model, DemaModel):
         dema = model.dema_config
         manifest.adapter_type = pb.ADAPTER_TYPE_DEMA

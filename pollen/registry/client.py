@@ -134,23 +134,24 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
     bases (tiny-bert), whose frozen weights it determines."""
     from pollen.adapters import load_travelling_state, save_final_model
     from pollen.config import RunConfig
-    from pollen.families import build_family_model
+    from pollen.dema import DemaConfig, inject_dema
+    from pollen.models import build_backbone, build_model
     from pollen.registry.bundle import base_model_digest, decode_bundle, manifest_for, \
         read_manifest
 
     manifest = read_manifest(data)
     base = model_name or manifest.base_model
+    config = RunConfig(model=base, lora_r=max(manifest.rank, 1),
+                       lora_alpha=max(manifest.alpha, 1),
+                       lora_target_modules=",".join(manifest.target_modules) or "query,value",
+                       seed=seed)
     if manifest.adapter_type == pb.ADAPTER_TYPE_DEMA:
-        config = RunConfig(strategy="heterotune", model=base, dema_rank=max(manifest.rank, 1),
-                           dema_experts=max(manifest.experts, 1),
-                           dema_banks=max(manifest.banks, 1),
-                           dema_target_modules=",".join(manifest.target_modules), seed=seed)
+        dema = DemaConfig(rank=max(manifest.rank, 1), experts=max(manifest.experts, 1),
+                          banks=max(manifest.banks, 1),
+                          target_modules=tuple(manifest.target_modules), seed=seed)
+        model = inject_dema(build_backbone(base, manifest.num_classes, seed), dema, base)
     else:
-        config = RunConfig(model=base, lora_r=max(manifest.rank, 1),
-                           lora_alpha=max(manifest.alpha, 1),
-                           lora_target_modules=",".join(manifest.target_modules) or "query,value",
-                           seed=seed)
-    model = build_family_model(config, base, manifest.num_classes)
+        model = build_model(config, manifest.num_classes)
     expected = manifest_for(model, config, manifest.num_classes,
                             base_digest=base_model_digest(model),
                             scope="family" if manifest.family else "global",

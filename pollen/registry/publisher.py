@@ -21,8 +21,8 @@ import numpy as np
 from flwr.common.logger import log
 from torch import nn
 
-from pollen.config import ConfigError, RunConfig
-from pollen.families import FAMILY_STRATEGIES, family_config
+from pollen.config import RunConfig
+from pollen.errors import ConfigError
 from pollen.registry.bundle import base_model_digest, encode_bundle, manifest_for
 from pollen.registry.client import connect, publish
 
@@ -75,9 +75,8 @@ class RegistryPublisher:
         results = []
         for scope, name, family, tensors in published_scopes(strategy):
             family = family or next(iter(self.models))
-            config = (family_config(self.config, family)
-                      if self.config.strategy in FAMILY_STRATEGIES else self.config)
-            manifest = manifest_for(self.models[family], config, self.num_classes,
+            manifest = manifest_for(self.models[family], self.config.replace(model=family),
+                                    self.num_classes,
                                     base_digest=self.base_digests[family], scope=scope,
                                     name=name, server_round=server_round, run_id=self.run_id)
             bundle = encode_bundle(manifest, tensors, self.config.wire_dtype)

@@ -21,10 +21,10 @@ from pollen.adapters import load_travelling_state, travelling_state
 from pollen.records import from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import make_loader, train
-from strategies.base import PollenFedAvg
+from strategies.base import PollenStrategy
 
 
-class Central(PollenFedAvg):
+class Central(PollenStrategy):
     def __init__(self, *, model: nn.Module, server_set: Dataset, epochs: int, lr: float,
                  batch_size: int, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -8,10 +8,10 @@ reference,
 
     w_new = argmin_w ||w - w_agg||^2 + lambda ||w - w_ref||^2 = (w_agg + lambda w_ref) / (1 + lambda).
 
-Client step (``fedref-client-prox``, on by default): CE + (mu/2) ||w - w_ref||^2, the
+Client step (``fedref.client-prox``, on by default): CE + (mu/2) ||w - w_ref||^2, the
 proximal term towards the reference rather than the last global. The reference travels
 in the train message as ArrayRecord ``reference`` (so bytes_down counts it) with
-``proximal-mu`` = fedref-mu in the config; ``client_app/proximal.py`` is the client half.
+``proximal-mu`` = fedref.mu in the config; ``client.py`` is the client half.
 
 Logged each round: ``fedref_objective`` = sum_k p_k F_k + lambda ||w_new - w_ref||^2, with
 F_k client k's mean training loss and p_k its share of the examples (our reading of the
@@ -35,13 +35,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from pollen.records import REFERENCE_KEY, from_array_record, to_array_record
-from strategies.base import PollenFedAvg, StrategyState
+from pollen.records import from_array_record, to_array_record
+from strategies.base import PollenStrategy, StrategyState
+from strategies.fedref.client import REFERENCE_KEY
 
 Tensors = dict[str, np.ndarray]
 
 
-class FedRef(PollenFedAvg):
+class FedRef(PollenStrategy):
     def __init__(self, *, p: int, lam: float, client_mu: float, **kwargs) -> None:
         super().__init__(**kwargs)
         if p < 1 or lam < 0 or client_mu < 0:

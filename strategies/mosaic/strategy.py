@@ -2,18 +2,18 @@
 ../shared/docs/methods.md §4 reads it: data-free distillation of class-specific experts
 into the global model, in one run of stages.
 
-- Warm-up, rounds 1..R_w (``mosaic-warmup-rounds``): FedAvg within each family.
+- Warm-up, rounds 1..R_w (``mosaic.warmup-rounds``): FedAvg within each family.
 - Generator round R_w + 1: every available client trains, then trains a generator once
-  against its frozen local model and uploads it (``client_app/mosaic.py``). The server
+  against its frozen local model and uploads it (``client.py``). The server
   averages the round as in warm-up, then builds the class-specific experts of every
   family from the round's client models, trains the meta model on the prototypes and
   distils the meta model's teaching into the student family's
-  global model on generated samples (``mosaic_teacher.py``).
+  global model on generated samples (``teacher.py``).
 - Rounds after: FedAvg within each family from the distilled model.
 
 Prototypes come with the generator round's replies, and the meta model trains on them
-(``mosaic-prototype-rounds = latest``); the official code instead accumulates the
-prototypes of every round and trains on all of them, which ``mosaic-prototype-rounds =
+(``mosaic.prototype-rounds = latest``); the official code instead accumulates the
+prototypes of every round and trains on all of them, which ``mosaic.prototype-rounds =
 all`` keeps (clients then send them in every round up to the generator round). Why
 ``latest`` is the default: prototypes then leave a client once instead of every round,
 and neither reading did consistently better on digits (docs/benchmarks/mosaic-digits.md,
@@ -47,18 +47,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pollen.adapters import load_travelling_state
-from pollen.config import ConfigError, RunConfig
-from pollen.mosaic import FEDAVG, GENERATOR, WARMUP
-from pollen.mosaic.generator import build_generator, input_signature, sample
-from pollen.mosaic.heads import HeadParams
-from pollen.records import (ARRAYS_KEY, GENERATOR_KEY, MOSAIC_STAGE_KEY, PROTOTYPES_KEY,
-                            from_array_record, to_array_record)
+from pollen.errors import ConfigError
+from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate
 from strategies.base import StrategyState
 from strategies.directory import ClientInfo
-from strategies.families import FamilyFedAvg, Tensors
-from strategies.mosaic_teacher import Teacher, class_experts, distill
+from strategies.fedavg_per_family.strategy import FamilyFedAvg, Tensors
+from strategies.mosaic.client import (FEDAVG, GENERATOR, GENERATOR_KEY, PROTOTYPES_KEY,
+                                      STAGE_KEY, WARMUP)
+from strategies.mosaic.config import MosaicConfig
+from strategies.mosaic.generator import build_generator, input_signature, sample
+from strategies.mosaic.heads import HeadParams
+from strategies.mosaic.teacher import Teacher, class_experts, distill
 
 
 class Prototypes:
@@ -71,14 +72,16 @@ class Prototypes:
 
 
 class Mosaic(FamilyFedAvg):
-    def __init__(self, *, config: RunConfig, models: dict[str, nn.Module], num_classes: int,
+    def __init__(self, *, settings: MosaicConfig, families: list[str],
+                 models: dict[str, nn.Module], num_classes: int,
                  test_loaders: dict[str, DataLoader] | None = None, **kwargs) -> None:
-        """``test_loaders``: the server's test split per family, to report the accuracy
+        """``families``: the run's, in order (the first is the default student);
+        ``test_loaders``: the server's test split per family, to report the accuracy
         of the teacher and of the student before and after distillation (optional)."""
         super().__init__(**kwargs)
-        self.config, self.models, self.num_classes = config, models, num_classes
+        self.settings, self.models, self.num_classes = settings, models, num_classes
         self.test_loaders = test_loaders
-        self.student = config.student_family
+        self.student = settings.student_family or families[0]
         self.signatures = {f: input_signature(m, f) for f, m in models.items()}
         self.feature_width = {}
         for family, model in models.items():
@@ -97,28 +100,28 @@ class Mosaic(FamilyFedAvg):
         self.current_round = 0
 
     def stage(self, server_round: int) -> str:
-        warmup = self.config.mosaic_warmup_rounds
+        warmup = self.settings.warmup_rounds
         return WARMUP if server_round <= warmup else (
             GENERATOR if server_round == warmup + 1 else FEDAVG)
 
     def summary(self) -> None:
-        c = self.config
+        c = self.settings
         log(INFO, "\t├──> Mosaic: %d warm-up rounds, generator round %d, student family "
             "%s, %d prototypes per class, generator %d steps (lr %g; weights adversarial "
             "%g, entropy %g, diversity %g), meta model %d steps, distillation %d steps "
-            "(lr %g, T %g, %d samples per generator)", c.mosaic_warmup_rounds,
-            c.mosaic_warmup_rounds + 1, self.student, c.mosaic_prototypes,
-            c.mosaic_generator_steps, c.mosaic_generator_lr, c.mosaic_adversarial_weight,
-            c.mosaic_entropy_weight, c.mosaic_diversity_weight, c.mosaic_meta_steps,
-            c.mosaic_distill_steps, c.mosaic_distill_lr, c.mosaic_temperature,
-            c.mosaic_samples_per_generator)
+            "(lr %g, T %g, %d samples per generator)", c.warmup_rounds,
+            c.warmup_rounds + 1, self.student, c.prototypes,
+            c.generator_steps, c.generator_lr, c.adversarial_weight,
+            c.entropy_weight, c.diversity_weight, c.meta_steps,
+            c.distill_steps, c.distill_lr, c.temperature,
+            c.samples_per_generator)
         super().summary()
 
     def check_clients(self, clients: list[ClientInfo]) -> None:
         short = [f"{c.client_id} ({c.num_train})" for c in clients
-                 if c.num_train < self.config.mosaic_prototypes]
+                 if c.num_train < self.settings.prototypes]
         if short:
-            raise ConfigError(f"mosaic-prototypes = {self.config.mosaic_prototypes} is more "
+            raise ConfigError(f"mosaic.prototypes = {self.settings.prototypes} is more "
                               f"than these clients have train examples: {', '.join(short)}")
 
     def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
@@ -130,7 +133,7 @@ class Mosaic(FamilyFedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        config[MOSAIC_STAGE_KEY] = self.stage(server_round)
+        config[STAGE_KEY] = self.stage(server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
     def accepted(self, replies: Iterable[Message]) -> list[Message]:
@@ -139,7 +142,7 @@ class Mosaic(FamilyFedAvg):
         kept, self.uploads, arrivals = [], [], []
         accepted = super().accepted(replies)
         stage = self.stage(self.current_round)
-        if stage == FEDAVG or (stage == WARMUP and self.config.mosaic_prototype_rounds == "latest"):
+        if stage == FEDAVG or (stage == WARMUP and self.settings.prototype_rounds == "latest"):
             return accepted
         for reply in accepted:
             if reply.has_error():
@@ -202,7 +205,8 @@ class Mosaic(FamilyFedAvg):
             skip("its generator produced non-finite output" if finite == 0.0
                  else "the reply carries no generator")
             return
-        generator = build_generator(self.config, self.signatures[family], client)
+        generator = build_generator(self.seed, self.settings.sequence_length,
+                                    self.signatures[family], client)
         weights = from_array_record(reply.content[GENERATOR_KEY])
         try:
             missing, unexpected = generator.load_state_dict(
@@ -216,7 +220,7 @@ class Mosaic(FamilyFedAvg):
                  f"unexpected {unexpected})")
             return
         device = self.teacher_device
-        samples = sample(generator, self.config.mosaic_samples_per_generator,
+        samples = sample(generator, self.settings.samples_per_generator,
                          derive_seed(self.seed, "mosaic-check", client), device)
         if not (all(np.isfinite(w).all() for w in weights.values())
                 and torch.isfinite(samples).all()):
@@ -268,15 +272,15 @@ class Mosaic(FamilyFedAvg):
         experts_done = time.perf_counter()
         meta_accuracy = self.teacher.train_meta(
             [(p.family, p.features, p.labels) for p in self.prototypes
-             if self.config.mosaic_prototype_rounds == "all" or p.round == server_round],
-            self.config.mosaic_meta_steps, derive_seed(self.seed, "mosaic-meta"))
+             if self.settings.prototype_rounds == "all" or p.round == server_round],
+            self.settings.meta_steps, derive_seed(self.seed, "mosaic-meta"))
         meta_done = time.perf_counter()
         before = self.family_tensors[self.student]
         result = distill(self.teacher, self.models[self.student], before,
                          self.signatures[self.student], usable,
-                         steps=self.config.mosaic_distill_steps, lr=self.config.mosaic_distill_lr,
-                         samples_per_generator=self.config.mosaic_samples_per_generator,
-                         temperature=self.config.mosaic_temperature,
+                         steps=self.settings.distill_steps, lr=self.settings.distill_lr,
+                         samples_per_generator=self.settings.samples_per_generator,
+                         temperature=self.settings.temperature,
                          seed=derive_seed(self.seed, "mosaic-distill"))
         accuracy = None
         if self.test_loaders is not None:
@@ -349,7 +353,8 @@ class Mosaic(FamilyFedAvg):
             for i, (client, family, r) in enumerate(meta["mosaic_prototypes"])]
         self.generators = {}
         for client, family in meta["mosaic_generators"].items():
-            generator = build_generator(self.config, self.signatures[family], client)
+            generator = build_generator(self.seed, self.settings.sequence_length,
+                                        self.signatures[family], client)
             prefix = f"generators/{client}/"
             generator.load_state_dict({k[len(prefix):]: torch.as_tensor(np.asarray(v))
                                        for k, v in tensors.items() if k.startswith(prefix)},

@@ -1,7 +1,7 @@
 """FedAvg (McMahan et al., 2017): Flower's own aggregation, through Pollen's sampling."""
 
-from strategies.base import PollenFedAvg
+from strategies.base import PollenStrategy
 
 
-class FedAvg(PollenFedAvg):
+class FedAvg(PollenStrategy):
     """Sample-weighted mean of the clients' travelling tensors; nothing more."""

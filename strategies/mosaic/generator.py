@@ -3,9 +3,9 @@
 A generator maps noise z ~ N(0, I) (``NOISE_DIM`` = 100, as the official code's nz) to
 inputs of its client's model: 8x8 digit images for the CNN (a small DCGAN: the official
 code's 32x32 DCGAN scaled down to 8x8, sigmoid output for pixels in [0, 1]), and for
-transformers a sequence of ``mosaic-sequence-length`` vectors in the model's word-embedding
+transformers a sequence of ``mosaic.sequence-length`` vectors in the model's word-embedding
 space, fed as ``inputs_embeds`` (the model adds position and type embeddings itself).
-The architecture is a pure function of the run config and the model's input signature,
+The architecture is a pure function of the settings and the model's input signature,
 so the server rebuilds a client's generator from its uploaded tensors.
 """
 
@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pollen.config import RunConfig
-from pollen.models import modality_of
+from pollen.catalog import modality_of
 from pollen.seeding import derive_seed
 
 NOISE_DIM = 100
@@ -85,18 +84,17 @@ def input_signature(model: nn.Module, model_name: str) -> tuple[str, int]:
     return "text", int(model.get_input_embeddings().embedding_dim)
 
 
-def build_generator(config: RunConfig, signature: tuple[str, int], client_id: str
-                    ) -> nn.Module:
-    torch.manual_seed(derive_seed(config.seed, "mosaic-generator", client_id))
+def build_generator(seed: int, sequence_length: int, signature: tuple[str, int],
+                    client_id: str) -> nn.Module:
+    torch.manual_seed(derive_seed(seed, "mosaic-generator", client_id))
     modality, width = signature
     if modality == "image":
         return ImageGenerator()
-    return EmbeddingGenerator(config.mosaic_sequence_length, width)
+    return EmbeddingGenerator(sequence_length, width)
 
 
-def build_discriminator(config: RunConfig, signature: tuple[str, int], client_id: str
-                        ) -> nn.Module:
-    torch.manual_seed(derive_seed(config.seed, "mosaic-discriminator", client_id))
+def build_discriminator(seed: int, signature: tuple[str, int], client_id: str) -> nn.Module:
+    torch.manual_seed(derive_seed(seed, "mosaic-discriminator", client_id))
     modality, width = signature
     return ImageDiscriminator() if modality == "image" else EmbeddingDiscriminator(width)
 

@@ -21,8 +21,8 @@ take are masked out of the transformer and of the sum (the official code has one
 architecture, so it never needs a mask).
 
 Distillation: the global model s of the student family learns from t = meta(experts(x))
-on generated x (``mosaic-samples-per-generator`` samples from each generator whose inputs
-the student takes), Adam with ``mosaic-distill-lr``, in eval mode as in the official code:
+on generated x (``mosaic.samples-per-generator`` samples from each generator whose inputs
+the student takes), Adam with ``mosaic.distill-lr``, in eval mode as in the official code:
 
     L = 0.8 T^2 KL(softmax(t/T) || softmax(s/T)) + 0.2 CE(s, argmax t) + JSD
 
@@ -43,11 +43,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pollen.adapters import load_travelling_state, travelling_module_names, travelling_state
-from pollen.mosaic.generator import model_inputs, sample
-from pollen.mosaic.heads import HeadParams
+from strategies.mosaic.generator import model_inputs, sample
+from strategies.mosaic.heads import HeadParams
 from pollen.seeding import derive_seed
 from pollen.training import logits_of
-from strategies.families import Tensors, weighted_mean
+from strategies.fedavg_per_family.strategy import Tensors, weighted_mean
 
 META_LR, META_BATCH, META_EMA_DECAY, META_DROPOUT = 1e-3, 128, 0.99, 0.2
 KL_WEIGHT, CE_WEIGHT = 0.8, 0.2
@@ -84,7 +84,7 @@ class Teacher:
     """The experts of every family, in a fixed order, and the meta model over them.
 
     ``models`` are the families' model objects (frozen backbone + travelling tensors),
-    ``signatures`` their input signatures (``pollen.mosaic.generator.input_signature``),
+    ``signatures`` their input signatures (``generator.input_signature``),
     ``experts`` the class-specific experts per family.
     """
 

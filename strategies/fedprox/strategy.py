@@ -1,6 +1,6 @@
 """FedProx (Li et al., 2020): Flower's FedProx, combined with Pollen's FedAvg hooks.
 
-Method resolution order: FedProx -> PollenFedAvg -> flwr FedAvg, so Flower's FedProx
+Method resolution order: FedProx -> PollenStrategy -> flwr FedAvg, so Flower's FedProx
 injects ``proximal-mu`` into the train config and then hands over to Pollen's sampling.
 The client adds (mu/2)||w - w_global||^2 over the travelling tensors
 (``pollen.training.train``).
@@ -8,10 +8,10 @@ The client adds (mu/2)||w - w_global||^2 over the travelling tensors
 
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
-from strategies.base import PollenFedAvg
+from strategies.base import PollenStrategy
 
 
-class FedProx(FlowerFedProx, PollenFedAvg):
+class FedProx(FlowerFedProx, PollenStrategy):
     def __init__(self, *, proximal_mu: float, **kwargs) -> None:
-        PollenFedAvg.__init__(self, **kwargs)
+        PollenStrategy.__init__(self, **kwargs)
         self.proximal_mu = proximal_mu

@@ -1,6 +1,6 @@
 """Mosaic's client half: prototypes, and once, a generator.
 
-Prototypes (the generator round's reply; with ``mosaic-prototype-rounds = all`` also every
+Prototypes (the generator round's reply; with ``mosaic.prototype-rounds = all`` also every
 warm-up round's): per-class k-means centres of the penultimate features of
 the global model the client received, on its local train split (the official code
 computes them from the received model too, before local training); a class with fewer
@@ -10,8 +10,8 @@ which weight the server's class-specific experts.
 Generator (the train round whose config says ``mosaic-stage = generator``): after local
 training, a generator G is trained against the frozen local model f and a small local
 discriminator D on the client's real train inputs (DeGAN, as the official code's
-``degan.py``), with Adam (lr ``mosaic-generator-lr``, betas 0.5/0.999) for
-``mosaic-generator-steps`` steps of one local batch each:
+``degan.py``), with Adam (lr ``mosaic.generator-lr``, betas 0.5/0.999) for
+``mosaic.generator-steps`` steps of one local batch each:
 
     L_D = BCE(D(x), 1) + BCE(D(G(z)), 0)
     L_G = w_adv BCE(D(G(z)), 1) + w_ent mean_b H(f(G(z))_b) + w_div sum_c pbar_c log pbar_c
@@ -22,7 +22,7 @@ weights default to the official w_adv = 1, w_ent = 0, w_div = 5; the learning ra
 client here holds ~100 digits, and 200 steps at 2e-4 left the samples noise while
 200-600 steps at 1e-3 gave recognisable digits (one digits client, compared by eye in
 the PNG grid a run writes). For transformers the real inputs
-are the word embeddings of the first ``mosaic-sequence-length`` tokens (with their
+are the word embeddings of the first ``mosaic.sequence-length`` tokens (with their
 attention mask), and G emits sequences of that length. A generator whose weights or
 samples are not finite is not uploaded; the reply says so.
 """
@@ -36,16 +36,47 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Message
 from sklearn.cluster import KMeans
 from torch import nn
 
-from client_app.job import ClientJob
-from pollen.mosaic.generator import (NOISE_DIM, build_discriminator, build_generator,
-                                     input_signature, model_inputs, sample)
-from pollen.mosaic.heads import penultimate_features
 from pollen.records import to_array_record
 from pollen.training import logits_of, make_loader
+from strategies.mosaic.config import MosaicConfig
+from strategies.mosaic.generator import (NOISE_DIM, build_discriminator, build_generator,
+                                         input_signature, model_inputs, sample)
+from strategies.mosaic.heads import penultimate_features
+from strategies.spec import ClientHalf, ClientJob
+
+# The stage a train message's config names (``STAGE_KEY``); clients send prototypes in
+# the first two (in warm-up only with ``prototype-rounds = all``) and train their
+# generator in the second.
+WARMUP, GENERATOR, FEDAVG = "warmup", "generator", "fedavg"
+STAGE_KEY = "mosaic-stage"
+# The reply's extra ArrayRecords.
+PROTOTYPES_KEY = "mosaic-prototypes"
+GENERATOR_KEY = "mosaic-generator"
+
+
+class MosaicClient(ClientHalf):
+    def before_training(self, job: ClientJob, message: Message, model: nn.Module,
+                        seed: int) -> dict[str, ArrayRecord]:
+        """The prototypes of the model as received."""
+        stage = message.content["config"].get(STAGE_KEY)
+        settings: MosaicConfig = job.config.method
+        if stage == GENERATOR or (stage == WARMUP and settings.prototype_rounds == "all"):
+            return {PROTOTYPES_KEY: prototype_record(job, model, seed, job.config.wire_dtype)}
+        return {}
+
+    def after_training(self, job: ClientJob, message: Message, model: nn.Module,
+                       seed: int) -> tuple[dict[str, ArrayRecord], dict[str, float]]:
+        """In the generator round, the generator trained against the local model."""
+        if message.content["config"].get(STAGE_KEY) != GENERATOR:
+            return {}, {}
+        weights, metrics = train_generator(job, model, seed)
+        records = ({} if weights is None
+                   else {GENERATOR_KEY: to_array_record(weights, job.config.wire_dtype)})
+        return records, metrics
 
 
 def adversarial_loss(fake_scores: torch.Tensor) -> torch.Tensor:
@@ -91,7 +122,7 @@ def prototype_record(job: ClientJob, model: nn.Module, seed: int, encoding: str)
     loader = make_loader(job.data.train, job.config.batch_size, shuffle=False, seed=0)
     features, labels = penultimate_features(model, loader, job.device)
     centres, classes = class_prototypes(features.numpy(), labels.numpy(),
-                                        job.config.mosaic_prototypes, seed)
+                                        job.config.method.prototypes, seed)
     counts = np.bincount(labels.numpy(), minlength=job.data.num_classes).astype(np.float32)
     return to_array_record({"features": centres, "labels": classes, "class-counts": counts},
                            encoding)
@@ -134,22 +165,23 @@ def train_generator(job: ClientJob, model: nn.Module, seed: int
                     ) -> tuple[dict[str, np.ndarray] | None, dict]:
     """(generator weights or None if they are not finite, metrics)."""
     started = time.perf_counter()
-    config, device = job.config, job.device
+    config, settings, device = job.config, job.config.method, job.device
     signature = input_signature(model, job.family)
-    generator = build_generator(config, signature, job.client_id).to(device).train()
-    discriminator = build_discriminator(config, signature, job.client_id).to(device).train()
+    generator = build_generator(config.seed, settings.sequence_length, signature,
+                                job.client_id).to(device).train()
+    discriminator = build_discriminator(config.seed, signature, job.client_id).to(device).train()
     betas = (0.5, 0.999)
-    g_optimizer = torch.optim.Adam(generator.parameters(), lr=config.mosaic_generator_lr,
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=settings.generator_lr,
                                    betas=betas)
-    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.mosaic_generator_lr,
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=settings.generator_lr,
                                    betas=betas)
     noise_rng = torch.Generator().manual_seed(seed)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
-    batches = itertools.islice(itertools.cycle(loader), config.mosaic_generator_steps)
+    batches = itertools.islice(itertools.cycle(loader), settings.generator_steps)
     totals = {"adversarial": 0.0, "entropy": 0.0, "diversity": 0.0, "discriminator": 0.0}
     with frozen(model):
         for batch in batches:
-            real, mask = _real_inputs(model, batch, signature, config.mosaic_sequence_length,
+            real, mask = _real_inputs(model, batch, signature, settings.sequence_length,
                                       device)
             noise = torch.randn(len(real), NOISE_DIM, generator=noise_rng).to(device)
             fake = generator(noise)
@@ -161,16 +193,16 @@ def train_generator(job: ClientJob, model: nn.Module, seed: int
             logits = logits_of(model, model_inputs(fake, signature), device).float()
             terms = {"adversarial": adversarial_loss(discriminator(fake)),
                      "entropy": entropy_loss(logits), "diversity": diversity_loss(logits)}
-            g_loss = (config.mosaic_adversarial_weight * terms["adversarial"]
-                      + config.mosaic_entropy_weight * terms["entropy"]
-                      + config.mosaic_diversity_weight * terms["diversity"])
+            g_loss = (settings.adversarial_weight * terms["adversarial"]
+                      + settings.entropy_weight * terms["entropy"]
+                      + settings.diversity_weight * terms["diversity"])
             g_optimizer.zero_grad(set_to_none=True)
             g_loss.backward()
             g_optimizer.step()
             totals["discriminator"] += d_loss.item()
             for name, value in terms.items():
                 totals[name] += value.item()
-    metrics = {f"generator_{name}_loss": value / config.mosaic_generator_steps
+    metrics = {f"generator_{name}_loss": value / settings.generator_steps
                for name, value in totals.items()}
     weights = generator_weights(generator)
     samples = sample(generator, config.batch_size, seed, device)

@@ -10,7 +10,7 @@ only its own merge
 trains CE + mu ||theta - theta_i0||^2 from it (sent as ``proximal-mu`` = 2 mu, since
 Pollen's training loop adds (mu/2)||.||^2) and returns theta_iE; delta_i = theta_i0 - theta_iE.
 
-W step (softmax chain rule), on the ``fedmerge-w-tensors`` subset (the classifier head by
+W step (softmax chain rule), on the ``fedmerge.w-tensors`` subset (the classifier head by
 default, as the official code's 'linear' keys; or all tensors):
 
     G_ij = s_ij <Theta_j - theta_i0, delta_i>,   G <- G / sum |G|,   W_i <- W_i - lr_W p_i G_i
@@ -22,7 +22,7 @@ with p_i = n_i / sum n over the round's clients. Theta step:
 with s taken from the updated W, as the official code (shutong043/FedMerge,
 server_merging.py) updates W first and then Theta.
 
-Where the official code differs, behind ``fedmerge-w-step=official``: instead of one step
+Where the official code differs, behind ``fedmerge.w-step = official``: instead of one step
 of size lr_W, it repeats W <- W - 0.01 p G until some entry of W has moved by more than
 lr_W (at most 10,000 times); the closed form used here is n = the smallest count whose
 step moves an entry by more than lr_W. Its p_i are over all clients, which equals ours
@@ -31,7 +31,7 @@ when every client trains each round.
 The global model on the server's test split (eval_accuracy) is the uniform merge
 mean_j Theta_j; each client evaluates its own merge on its local test split
 (client_accuracy, also written as personalized_accuracy). No FedMerge code runs on the
-client: the proximal term towards the received model is ``client_app/proximal.py``'s.
+client: the proximal term towards the received model is the client app's (``proximal-mu``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torch import nn
 from pollen.adapters import head_tensor_names, reinitialise_travelling
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
-from strategies.base import PollenFedAvg, StrategyState
+from strategies.base import PollenStrategy, StrategyState
 
 Tensors = dict[str, np.ndarray]
 OFFICIAL_W_STEP = 0.01
@@ -73,7 +73,7 @@ def initial_global_models(template: nn.Module, count: int, seed: int) -> list[Te
             for j in range(count)]
 
 
-class FedMerge(PollenFedAvg):
+class FedMerge(PollenStrategy):
     def __init__(self, *, global_models: list[Tensors], mu: float, lr_w: float,
                  lr_theta: float, w_tensors: str, w_step: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -131,7 +131,7 @@ class FedMerge(PollenFedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(self.accepted(replies), is_train=True)
+        valid = self.valid_replies(replies)
         if not valid:
             return None, None
         clients = [(self.directory.client_of(m.metadata.src_node_id).client_id,

@@ -19,7 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
-from strategies.base import PollenFedAvg, StrategyState
+from strategies.base import PollenStrategy, StrategyState
 
 Tensors = dict[str, np.ndarray]
 SHARED = "shared"
@@ -38,7 +38,7 @@ def weighted_mean(arrays: list[np.ndarray], weights: list[float]) -> np.ndarray:
             ).astype(np.float32)
 
 
-class FamilyFedAvg(PollenFedAvg):
+class FamilyFedAvg(PollenStrategy):
     """Per-family FedAvg with nothing shared: the ``fedavg-per-family`` baseline."""
 
     def __init__(self, *, initial_models: dict[str, Tensors], **kwargs) -> None:
@@ -88,10 +88,7 @@ class FamilyFedAvg(PollenFedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         # Flower's reply check wants one tensor layout for all replies; families differ.
-        kept = self.accepted(replies)
-        valid = [m for m in kept if not m.has_error()]
-        log(INFO, "aggregate_train: %d valid replies, %d errors, %d rejected", len(valid),
-            len(kept) - len(valid), len(self.rejected))
+        valid = self.valid_replies(replies)
         self.family_metrics = {}
         if not valid:
             return None, None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from strategies.families import FamilyFedAvg, Reply, Tensors, weighted_mean
+from strategies.fedavg_per_family.strategy import FamilyFedAvg, Reply, Tensors, weighted_mean
 
 RANK_AXIS = {"lora_A": 0, "lora_B": 1}
 

@@ -11,7 +11,7 @@ clients.
 
 Rounds without enough valid replies (``min-replies``) keep the previous global and do not
 search. Replies without a stamp, or stamped with a global the server no longer keeps
-(older than ``max-staleness`` rounds), are rejected like any invalid reply.
+(older than ``guided.max-staleness`` rounds), are rejected like any invalid reply.
 
 Every round's metrics row gains ``guided_*`` fields: the coefficients (per atlas entry,
 with its client and round stamp), whether the fallback won, the atlas departures, the
@@ -29,14 +29,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from pollen.records import ARRAYS_KEY, GLOBAL_ROUND_KEY, from_array_record, to_array_record
+from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
-from strategies.atlas import AtlasEntry, ModelAtlas
-from strategies.base import PollenFedAvg, StrategyState
-from strategies.coefficient_search import CoefficientSearch
+from strategies.base import PollenStrategy, StrategyState
+from strategies.guided.atlas import AtlasEntry, ModelAtlas
+from strategies.guided.client import GLOBAL_ROUND_KEY
+from strategies.guided.coefficient_search import CoefficientSearch
 
 
-class GuidedMerge(PollenFedAvg):
+class GuidedMerge(PollenStrategy):
     def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas, **kwargs) -> None:
         super().__init__(**kwargs)
         self.search, self.atlas = search, atlas

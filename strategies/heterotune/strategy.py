@@ -12,7 +12,7 @@ count. The shared update, per round:
             (PCGrad: projections against the other families' original updates)
     shared <- shared + sum_f (n_f / n) u_f'
 
-``cmga=false`` skips the projection (the ablation): the shared tensors are then the
+``heterotune.cmga = false`` skips the projection (the ablation): the shared tensors are then the
 sample-weighted mean over all clients. Inner products are over the whole flattened shared
 vector. Logged each round: ``cmga_conflict_fraction``, the share of family pairs whose
 updates had a negative inner product before projection.
@@ -28,7 +28,7 @@ from flwr.common.logger import log
 
 from pollen.dema.model import is_shared
 from pollen.seeding import derive_seed
-from strategies.families import FamilyFedAvg, Reply, Tensors
+from strategies.fedavg_per_family.strategy import FamilyFedAvg, Reply, Tensors
 
 
 def flatten(tensors: Tensors, names: list[str]) -> np.ndarray:

@@ -12,7 +12,7 @@ global w:
     fallback      on the held-out part of D_s, keep w(c*) only if its loss is below the
                   plain average's; otherwise the plain average is the new global.
 
-L_s is cross-entropy when D_s is labeled. Without labels (``unlabeled-loss``):
+L_s is cross-entropy when D_s is labeled. Without labels (``guided.unlabeled-loss``):
 - ``entropy``: the mean prediction entropy E[H(p(x))], entropy minimisation, methods.md's
   reading of the paper's surrogate loss. Measured here (docs/benchmarks/guided-digits.md,
   setting b) it collapses: scaling the coefficients up makes every prediction confident

@@ -1,0 +1,25 @@
+"""Guided merging's keys, ``[tool.flwr.app.config.guided]``; the server-held data it
+searches on is shared (``server-data*``, which ``central`` uses too)."""
+
+from dataclasses import dataclass
+
+from pollen.config import Section, at_least, one_of, positive, setting
+
+
+@dataclass(frozen=True)
+class GuidedConfig(Section):
+    name = "guided"
+    renamed = {"unlabeled-loss": "unlabeled-loss", "atlas-size": "atlas-size",
+               "max-staleness": "max-staleness", "guided-granularity": "granularity",
+               "search-steps": "search-steps", "search-lr": "search-lr",
+               "search-batch-size": "search-batch-size",
+               "eviction-patience": "eviction-patience"}
+
+    unlabeled_loss: str = setting("im", one_of("im", "entropy"))
+    atlas_size: int = setting(10, at_least(1))
+    max_staleness: int = setting(2, at_least(0))
+    granularity: str = setting("vector", one_of("vector", "tensor"))
+    search_steps: int = setting(20, at_least(1))
+    search_lr: float = setting(0.1, positive)
+    search_batch_size: int = setting(32, at_least(1))
+    eviction_patience: int = setting(3, at_least(1))

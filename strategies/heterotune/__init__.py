@@ -1,0 +1,29 @@
+"""HeteroTune (arXiv 2411.16796): DeMA adapters across backbone families, with CMGA."""
+
+from torch import nn
+
+from pollen.config import RunConfig
+from pollen.dema import inject_dema
+from pollen.errors import ConfigError
+from pollen.models import build_backbone
+from strategies.fedavg_per_family import family_common
+from strategies.heterotune.config import HeteroTuneConfig
+from strategies.heterotune.strategy import HeteroTune
+from strategies.spec import MethodSpec
+
+
+def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Module:
+    """The family's backbone with DeMA injected (``pollen.dema``)."""
+    if family == "cnn":
+        raise ConfigError("heterotune adapts transformer encoders; 'cnn' has no encoder layers")
+    try:
+        return inject_dema(build_backbone(family, num_classes, config.seed),
+                           config.method.dema(config.seed), family)
+    except ConfigError as error:
+        raise ConfigError(f"heterotune.dema-target-modules: {error}") from error
+
+
+SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
+                  build_model=build_dema_model,
+                  build=lambda setup: HeteroTune(use_cmga=setup.config.method.cmga,
+                                                 **family_common(setup)))
