@@ -174,7 +174,7 @@ class Section(_Settings):
 class RunConfig(_Settings):
     """The shared keys of ``[tool.flwr.app.config]``, and the strategy's section."""
 
-    strategy: str = setting("fedavg")
+    strategy: str = setting("fedavg")  # the one method name here: the default run
     num_server_rounds: int = setting(10, at_least(1))
     fraction_train: float = setting(1.0, _sampling_fraction)
     fraction_evaluate: float = setting(1.0, _sampling_fraction)
@@ -246,7 +246,8 @@ class RunConfig(_Settings):
                 shared[key] = value
         parsed = {name: section.from_mapping(by_section[name])
                   for name, section in sections.items()}
-        return cls(**cls._kwargs(shared), method=parsed.get(shared.get("strategy", "fedavg")))
+        config = cls(**cls._kwargs(shared))
+        return config.replace(method=parsed.get(config.strategy))
 
     def to_mapping(self) -> dict[str, Any]:
         """Every shared key, and the strategy section's keys (qualified)."""
