@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoi
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
 from strategies import build_strategy, method_of, run_config
+from strategies.base import PollenStrategy
 from strategies.directory import ClientDirectory
 from strategies.spec import ServerSetup
 
@@ -68,18 +70,19 @@ class ServerEvaluator:
                 for family, tensors in models.items()}
 
 
-def run(grid: Grid, config: RunConfig) -> RunOutputs:
-    """A new run, or with ``resume`` set, the continuation of the run in that folder from
-    its last complete checkpoint, under the config it was started with."""
-    config.check_server_files()
-    checkpoint = None
-    if config.resume:
-        run_dir = Path(config.resume).expanduser().resolve()
-        config = run_config(json.loads((run_dir / "config.json").read_text()))
-        config.check_server_files()
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
+@dataclass
+class Prepared:
+    """A run ready for round 1: its config, the checked clients, the strategy (a Flower
+    strategy that Flower's own ``start()`` can run as well), and the server's models."""
+
+    config: RunConfig
+    strategy: PollenStrategy
+    evaluator: ServerEvaluator
+    num_classes: int
+
+
+def prepare(grid: Grid, config: RunConfig) -> Prepared:
+    """Everything before round 1: data, models, clients described and checked, strategy."""
     seed_everything(config.seed)
     evaluator = ServerEvaluator(config)
     task = load_task(config)
@@ -103,6 +106,23 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         task.num_classes, task.modality, server_data, evaluator.loaders))
     strategy.check_clients(clients)
     strategy.summary()
+    return Prepared(config, strategy, evaluator, task.num_classes)
+
+
+def run(grid: Grid, config: RunConfig) -> RunOutputs:
+    """A new run, or with ``resume`` set, the continuation of the run in that folder from
+    its last complete checkpoint, under the config it was started with."""
+    config.check_server_files()
+    checkpoint = None
+    if config.resume:
+        run_dir = Path(config.resume).expanduser().resolve()
+        config = run_config(json.loads((run_dir / "config.json").read_text()))
+        config.check_server_files()
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
+    prepared = prepare(grid, config)
+    strategy, evaluator = prepared.strategy, prepared.evaluator
     if checkpoint is None:
         outputs, first_round = RunOutputs.create(config), 1
     else:
@@ -112,14 +132,13 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         first_round = checkpoint.server_round + 1
         log(INFO, "resuming from %s", checkpoint.path)
     log(INFO, "writing outputs to %s", outputs.run_dir)
-    publisher = (RegistryPublisher(config, evaluator.models, task.num_classes,
+    publisher = (RegistryPublisher(config, evaluator.models, prepared.num_classes,
                                    outputs.run_dir.name) if config.registry_address else None)
 
     started = time.perf_counter()
     progress = Progress(config.num_server_rounds - first_round + 1, "rounds")
     for server_round in range(first_round, config.num_server_rounds + 1):
-        row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy),
-                        run_record)
+        row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy))
         if publisher is not None:
             row["registry_published"] = publisher.publish_round(strategy, server_round)
         outputs.append_metrics(row)

@@ -82,17 +82,18 @@ def _per_family(strategy: PollenStrategy, server_evals: dict[str, EvalResult],
 
 
 def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_round: int,
-              evaluate_global: Callable[[], dict[str, EvalResult]], run_record: dict) -> dict:
+              evaluate_global: Callable[[], dict[str, EvalResult]]) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row.
 
     ``evaluate_global`` evaluates the global model of each family (one, unless the
     strategy federates several backbones); the row's ``eval_loss``/``eval_accuracy`` are
-    the means over families and ``family_accuracy`` gives each. ``run_record`` is what
-    every message's config carries (the run config and the label names)."""
+    the means over families and ``family_accuracy`` gives each. As in Flower's
+    ``Strategy.start()``, the strategy is handed an empty config and the arrays it holds;
+    it adds the run record (the run config and the label names) to every message."""
     started = time.perf_counter()
 
     train_messages = list(strategy.configure_train(
-        server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
+        server_round, strategy.global_arrays, ConfigRecord(), grid))
     for message in train_messages:
         encode_records(message.content, config.wire_dtype)
     train_replies = (list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
@@ -105,7 +106,7 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     strategy_fields = strategy.round_metrics()
 
     eval_messages = list(strategy.configure_evaluate(
-        server_round, strategy.global_arrays, ConfigRecord(run_record), grid))
+        server_round, strategy.global_arrays, ConfigRecord(), grid))
     for message in eval_messages:
         encode_records(message.content, config.wire_dtype)
     eval_replies = list(grid.send_and_receive(eval_messages, timeout=config.round_timeout))

@@ -80,9 +80,16 @@ class PollenStrategy(FedAvg):
                 clients, size)
         return [c.node_id for c in sorted(chosen, key=lambda c: client_sort_key(c.client_id))]
 
+    def message_config(self, config: ConfigRecord, server_round: int) -> ConfigRecord:
+        """The run record (so that any caller, Flower's ``start()`` included, sends the
+        clients the run's config), then what the caller and the strategy put in
+        ``config``, then the round."""
+        return ConfigRecord({**self.directory.run_record, **config,
+                             "server-round": server_round})
+
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                   node_ids: list[int], message_type: str) -> list[Message]:
-        config["server-round"] = server_round
+        config = self.message_config(config, server_round)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(content=record, message_type=message_type, dst_node_id=node)
                 for node in node_ids]
@@ -92,7 +99,7 @@ class PollenStrategy(FedAvg):
                           ) -> list[Message]:
         """One message per node with that node's own tensors (``tensors_for(node)``);
         for training, what each node was sent is kept for validation."""
-        config["server-round"] = server_round
+        config = self.message_config(config, server_round)
         messages = []
         for node in nodes:
             tensors = tensors_for(node)

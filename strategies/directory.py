@@ -47,6 +47,11 @@ class ClientDirectory:
         self._by_node: dict[int, ClientInfo] = {}
         self._names: dict[int, str] = {}  # every node ever described, connected or not
 
+    @property
+    def run_record(self) -> dict:
+        """What every message's config carries: the run config and the label names."""
+        return dict(self._run_config)
+
     def refresh(self, grid: Grid, min_nodes: int = 1, strict: bool = False) -> None:
         """Describe every connected node not seen yet.
 
