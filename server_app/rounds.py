@@ -119,7 +119,8 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     trained = [m for m in answered if m.metadata.src_node_id not in rejected]
     evaluated = _valid(eval_replies)
     trained_nodes = {m.metadata.dst_node_id for m in train_messages}
-    train_seconds = [float(m.content["metrics"]["train_seconds"]) for m in trained]
+    # Optional in the message contract (strategies/base.py): a client may omit it.
+    train_seconds = [float(m.content["metrics"].get("train_seconds", 0.0)) for m in trained]
     row = {
         "round": server_round,
         "strategy": config.strategy,

@@ -13,7 +13,22 @@
   each round) and ``final_models`` (models saved at the end).
 
 Subclasses override Flower's hooks and call ``super()``; Flower's own strategies are
-combined with this class through cooperative inheritance (see ``fedprox.py``).
+combined with this class through cooperative inheritance (see ``fedprox/strategy.py``).
+
+The message contract every method shares (each method's ``strategy.py`` adds its own):
+
+- query (``ClientDirectory``): content ``config`` = the run record (every run-config
+  key, ``label-names``). Reply: ConfigRecord ``client`` with ``client-id`` (str, stable
+  across restarts), ``num-train`` and ``num-test`` (int), and ``family`` (str, the
+  backbone the client runs).
+- train: content ``arrays`` (ArrayRecord of the travelling tensors, float32 or encoded in
+  ``wire-dtype``, ``pollen.records``) and ``config`` (the run record and
+  ``server-round``). Reply: ``arrays`` with the same names, shapes and dtype, and one
+  MetricRecord ``metrics`` with ``num-examples`` > 0 (the weight); ``train_loss``,
+  ``train_seconds`` and ``peak_memory_mb`` are reported when present.
+- evaluate: content ``arrays`` and ``config`` as for train. Reply: MetricRecord
+  ``metrics`` with ``num-examples``, ``eval_loss`` and ``eval_accuracy`` (the model on
+  the client's local test split).
 """
 
 from __future__ import annotations

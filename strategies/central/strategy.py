@@ -4,6 +4,9 @@ Each round the server trains the global model on all of D_s (search and held-out
 for ``local-epochs`` passes with the clients' optimiser settings (AdamW, ``lr``,
 ``batch-size``); no client trains. Clients still evaluate the new global model on their
 local test splits, so the metrics row is comparable with the federated strategies'.
+
+Message contract: the shared one's query and evaluate (``strategies/base.py``); no train
+message is sent.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ family-specific tensors plus whatever the subclass shares across families), and 
 are grouped by family before ``combine`` turns them into the next models. Within a
 family, tensors are averaged by sample count, as FedAvg does. The global ArrayRecord
 (state, checkpoints) is the flat union ``<family>/<name>`` and ``shared/<name>``.
+
+Message contract: the shared one (``strategies/base.py``); the query reply's ``family``
+names the client's backbone (one of ``model-families``), and ``arrays`` in train and
+evaluate messages are that family's tensors.
 """
 
 from __future__ import annotations

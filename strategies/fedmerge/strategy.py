@@ -28,6 +28,10 @@ lr_W (at most 10,000 times); the closed form used here is n = the smallest count
 step moves an entry by more than lr_W. Its p_i are over all clients, which equals ours
 when every client trains each round.
 
+Message contract: the shared one (``strategies/base.py``), with each client's ``arrays``
+its own merge theta_i0 (train and evaluate), and the train config's ``proximal-mu``
+(= 2 mu, float): the client adds (mu/2)||theta - theta_i0||^2.
+
 The global model on the server's test split (eval_accuracy) is the uniform merge
 mean_j Theta_j; each client evaluates its own merge on its local test split
 (client_accuracy, also written as personalized_accuracy). No FedMerge code runs on the

@@ -4,6 +4,9 @@ Method resolution order: FedProx -> PollenStrategy -> flwr FedAvg, so Flower's F
 injects ``proximal-mu`` into the train config and then hands over to Pollen's sampling.
 The client adds (mu/2)||w - w_global||^2 over the travelling tensors
 (``pollen.training.train``).
+
+Message contract: the shared one (``strategies/base.py``), and the train config's
+``proximal-mu`` (float): the client adds (mu/2)||w - w_received||^2 to its loss.
 """
 
 from flwr.serverapp.strategy import FedProx as FlowerFedProx

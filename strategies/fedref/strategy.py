@@ -17,6 +17,11 @@ Logged each round: ``fedref_objective`` = sum_k p_k F_k + lambda ||w_new - w_ref
 F_k client k's mean training loss and p_k its share of the examples (our reading of the
 paper's loss-weighted L_ref), and ``fedref_reference_distance`` = ||w_new - w_ref||.
 
+Message contract: the shared one (``strategies/base.py``); with the client proximal term
+on, the train config's ``proximal-mu`` (float) and the ArrayRecord ``reference`` (same
+names and shapes as ``arrays``): the client adds (mu/2)||w - w_ref||^2. The reply's
+``train_loss`` is required (the objective uses it).
+
 Where the official code differs: server/FedRefServer.py of TaehwanY98/Fed-Ref weights
 the window by recency ((rho - i + 1) / Phi), corrects only in rounds where the weighted
 client loss rose by more than a threshold delta, and then takes one gradient step on

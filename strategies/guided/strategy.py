@@ -9,6 +9,9 @@ merging coefficients on its own data D_s (``coefficient_search.py``: anchors, Ad
 fallback to the plain average on held-out D_s) and sends the result to the next round's
 clients.
 
+Message contract: the shared one (``strategies/base.py``), and the train config's
+``global-round`` (int), which the reply's metrics must echo as ``global-round``.
+
 Rounds without enough valid replies (``min-replies``) keep the previous global and do not
 search. Replies without a stamp, or stamped with a global the server no longer keeps
 (older than ``guided.max-staleness`` rounds), are rejected like any invalid reply.

@@ -16,6 +16,8 @@ count. The shared update, per round:
 sample-weighted mean over all clients. Inner products are over the whole flattened shared
 vector. Logged each round: ``cmga_conflict_fraction``, the share of family pairs whose
 updates had a negative inner product before projection.
+
+Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ to the largest rank and averaged by sample count over every client that has the 
 averaged over all clients. Not implemented from the paper: its rank self-pruning and its
 sparsity-weighted aggregation (plain sample weights here). Tensors must agree in every
 dimension but the rank, so families must share their hidden size.
+
+Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,14 @@ final accuracy latest vs all: 0.4972 vs 0.4139 at Dirichlet 0.01, 0.8000 vs 0.82
 0.1, 0.9806 vs 0.9833 at 1.0). Class counts come with every reply that carries
 prototypes; after the generator round only adapters travel.
 
+Message contract: the per-family one (``fedavg_per_family/strategy.py``), and the train
+config's ``mosaic-stage`` (``warmup``, ``generator`` or ``fedavg``). In the generator
+round (and in warm-up with ``prototype-rounds = all``) the reply carries the ArrayRecord
+``mosaic-prototypes``: ``features`` (P x the head's input width), ``labels`` (P) and
+``class-counts`` (one per class); in the generator round it may carry the ArrayRecord
+``mosaic-generator`` (the generator's floating-point state) and metrics
+``generator_*`` (``generator_finite`` = 0 says why no generator came).
+
 Replies with malformed prototypes are rejected like any invalid reply; a generator that
 does not fit its family, or whose weights or samples are not finite, is skipped and
 counted (``mosaic_generators_skipped``), and with no usable generator the round keeps
