@@ -21,8 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import (AG_NEWS, pyplot, rounds_to_reach, run_in_process, save_plot,
-                          simulate, write_report)
+from bench.common import (
+    AG_NEWS,
+    pyplot,
+    rounds_to_reach,
+    run_in_process,
+    save_plot,
+    simulate,
+    write_report,
+)
 from pollen.progress import Progress
 
 COMMON = {"partitioner": "dirichlet", "dirichlet-alpha": 0.1, "seed": 42,

@@ -9,7 +9,6 @@ from pathlib import Path
 from flwr.simulation import run_simulation
 
 from client_app.app import app as client_app
-from pollen.config import RunConfig
 from server_app.app import build_server_app, run
 from strategies import run_config
 from tests.localgrid import LocalGrid

@@ -20,9 +20,9 @@ from flwr.app import RecordDict
 from bench.common import pyplot, save_plot, write_report
 from pollen.adapters import travelling_state
 from pollen.config import WIRE_DTYPES
-from strategies import build_model_for, run_config
 from pollen.models import build_backbone
 from pollen.records import array_bytes, to_array_record
+from strategies import build_model_for, run_config
 
 NUM_CLASSES = 4
 

@@ -25,7 +25,6 @@ from client_app.app import app as client_app
 from pollen.adapters import travelling_state
 from pollen.config import RunConfig
 from pollen.models import build_model
-from pollen.records import to_array_record
 from server_app.app import run
 from server_app.checkpoints import latest_checkpoint, save_checkpoint
 from strategies import build_strategy, run_config

@@ -82,11 +82,10 @@ def probe(family: str, mode: str) -> None:
     """One client's training in this process; prints peak RSS before and after (MiB)."""
     import torch
 
-    from pollen.config import RunConfig
     from pollen.data import load_task
-    from strategies import build_model_for
     from pollen.models import build_backbone
     from pollen.training import make_loader, torch_dataset, train
+    from strategies import build_model_for, run_config
 
     config = run_config({**COMMON, "strategy": "heterotune"})
     task = load_task(config)

@@ -18,7 +18,8 @@ from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate as evaluate_model
-from pollen.training import make_loader, train as train_model
+from pollen.training import make_loader
+from pollen.training import train as train_model
 from strategies import method_of
 
 app = ClientApp()

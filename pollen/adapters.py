@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 
-
 class LayoutError(ValueError):
     """Received tensors do not match the model's travelling tensors."""
 
@@ -93,12 +92,18 @@ def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
         model.load_state_dict(tensors, strict=False)
 
 
-HEAD_MARKER = "classifier"  # the head's tensors are named ...classifier... in every model
+HEAD_NAME = "classifier"  # the head module is named so in every model Pollen builds
+
+
+def is_head(name: str) -> bool:
+    """Whether a parameter, tensor or module name lies in the classifier head, which is
+    always trained and always travels."""
+    return HEAD_NAME in name.split(".")
 
 
 def head_tensor_names(names) -> list[str]:
     """The classifier head's tensors among travelling tensor names."""
-    return [name for name in names if HEAD_MARKER in name.split(".")]
+    return [name for name in names if is_head(name)]
 
 
 def reinitialise_travelling(model: nn.Module, seed: int) -> dict[str, np.ndarray]:

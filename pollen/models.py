@@ -46,8 +46,11 @@ def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(derive_seed(seed, "model-init", model_name))
     if model_name == "cnn":
         return DigitsCNN(num_classes)
-    from transformers import AutoModelForSequenceClassification, BertConfig
-    from transformers import BertForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        BertConfig,
+        BertForSequenceClassification,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -8,6 +8,9 @@ decodes either form to float32.
 
 from __future__ import annotations
 
+import functools
+import io
+import math
 import struct
 from collections.abc import Mapping
 
@@ -29,10 +32,21 @@ _SCALE = struct.Struct("<f")
 
 def to_array_record(state: Mapping[str, np.ndarray], encoding: str = "float32") -> ArrayRecord:
     if encoding == "float32":
-        return ArrayRecord(array_dict={name: Array(np.ascontiguousarray(value))
+        return ArrayRecord(array_dict={name: _numpy_array(value)
                                        for name, value in state.items()})
     return ArrayRecord(array_dict={name: _encoded(name, value, encoding)
                                    for name, value in state.items()})
+
+
+def _numpy_array(value: np.ndarray) -> Array:
+    """Flower's numpy-format Array: for float32 the bytes ``np.save`` writes (the cached
+    header and the raw data, without np.save's per-call cost), else Flower's own."""
+    value = np.ascontiguousarray(value)
+    if value.dtype != _FLOAT32:
+        return Array(value)
+    shape = tuple(int(d) for d in value.shape)
+    return Array(dtype="float32", shape=shape, stype="numpy.ndarray",
+                 data=_npy_header(shape) + value.tobytes())
 
 
 def _encoded(name: str, value: np.ndarray, encoding: str) -> Array:
@@ -45,6 +59,45 @@ def _encoded(name: str, value: np.ndarray, encoding: str) -> Array:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: _decoded(name, array) for name, array in record.items()}
+
+
+def array_views(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Like ``from_array_record``, but a float32 tensor in Flower's numpy format is a
+    read-only view of the message's bytes, not a copy: the server's aggregation reads
+    each reply byte once. numpy's ``np.load`` (what ``Array.numpy`` does) copies, so the
+    .npy header is checked here against the one numpy writes for that shape, and
+    anything else (another dtype, Fortran order, a wire encoding) is decoded as usual.
+
+    The views are kept on the record (as Flower keeps an Array's chunks on the Array), so
+    the validation of a reply and its aggregation read its header once; a record is
+    replaced, never changed in place, once it is in a message."""
+    views = record.__dict__.get(_VIEWS)
+    if views is None or views.keys() != record.keys():
+        views = {name: _view(name, array) for name, array in record.items()}
+        record.__dict__[_VIEWS] = views
+    return dict(views)
+
+
+_FLOAT32 = np.dtype("<f4")
+_VIEWS = "_pollen_views"
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The header ``np.save`` writes before a C-ordered little-endian float32 array."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return buffer.getvalue()
+
+
+def _view(name: str, array: Array) -> np.ndarray:
+    if array.stype != WIRE_STYPE and array.dtype == "float32":
+        shape = tuple(array.shape)
+        header, data = _npy_header(shape), array.data
+        if len(data) == len(header) + 4 * math.prod(shape) and data.startswith(header):
+            return np.ndarray(shape, _FLOAT32, data, len(header))
+    return _decoded(name, array)
 
 
 def _decoded(name: str, array: Array) -> np.ndarray:

@@ -8,10 +8,20 @@ from typing import Any
 
 from pollen.config import RunConfig, Section
 from pollen.errors import ConfigError
-from strategies import (central, fedavg, fedavg_per_family, fedmerge, fedprox, fedref, guided,
-                        heterotune, hetlora, mosaic)
-from strategies.base import PollenStrategy
+from strategies import (
+    central,
+    fedavg,
+    fedavg_per_family,
+    fedmerge,
+    fedprox,
+    fedref,
+    guided,
+    heterotune,
+    hetlora,
+    mosaic,
+)
 from strategies.spec import MethodSpec, ServerSetup
+from strategies.validation import ValidatedUpdates
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     fedavg.SPEC,
@@ -65,9 +75,13 @@ def with_method(config: RunConfig) -> RunConfig:
     return config
 
 
-def build_strategy(setup: ServerSetup) -> PollenStrategy:
+def build_strategy(setup: ServerSetup) -> ValidatedUpdates:
+    """The run's method, wrapped so that it only ever sees validated replies."""
     setup.config = with_method(setup.config)
-    return method_of(setup.config.strategy).build(setup)
+    return ValidatedUpdates(method_of(setup.config.strategy).build(setup),
+                            norm_limit=setup.config.update_norm_limit,
+                            norm_action=setup.config.update_norm_action,
+                            name_of=setup.directory.name_of)
 
 
 def build_model_for(config: RunConfig, family: str, num_classes: int):

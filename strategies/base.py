@@ -4,10 +4,11 @@
   with the global ``random``, which is neither stable across restarts nor seeded).
 - Replies aggregated in client-id order, so float sums do not depend on which reply
   arrived first: the same seed gives the same tensors.
-- Every reply is validated against what its client was sent (``validation.py``) before
-  aggregation (``rejected`` maps a rejected reply's node id to the reason; the round
-  counts it as a failure); with fewer than ``min_replies`` valid replies the round keeps
-  the previous global model.
+- Replies reach it validated against what each client was sent (``validation.py`` wraps
+  every strategy; ``rejected`` maps a rejected reply's node id to the reason, and the
+  round counts it as a failure); with fewer than ``min_replies`` valid replies the round
+  keeps the previous global model.
+- FedAvg's mean at memory speed (``aggregate.py``), with Flower's arithmetic.
 - The global tensors live in the strategy, behind ``state_dict``/``load_state_dict``.
 - Hooks for what a strategy adds to a run's outputs: ``round_records`` (extra JSON lines
   each round) and ``final_models`` (models saved at the end).
@@ -34,7 +35,7 @@ The message contract every method shares (each method's ``strategy.py`` adds its
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
@@ -43,37 +44,48 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
+from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
+from strategies.aggregate import weighted_mean
 from strategies.directory import ClientDirectory, client_sort_key
-from strategies.validation import RejectedReply, validated_tensors
+from strategies.validation import RejectedReply, check_values
 
 StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
+
+
+def prefixed(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Tensors under ``prefix`` in a strategy's flat state (``theta/0/`` + name)."""
+    return {prefix + name: value for name, value in tensors.items()}
+
+
+def unprefixed(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The tensors of a flat state that sit under ``prefix``, with the prefix taken off."""
+    return {name[len(prefix):]: np.asarray(value) for name, value in tensors.items()
+            if name.startswith(prefix)}
 
 
 class PollenStrategy(FedAvg):
     """Flower's FedAvg, sampled by client id, with its state in ``state_dict()``."""
 
+    checks_values = True  # its mean finds non-finite replies (validation.ValidatedUpdates)
+
     def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
                  seed: int, client_rotation: bool = False, min_replies: int = 1,
-                 norm_limit: float = 0.0, norm_action: str = "reject",
                  **fedavg_kwargs) -> None:
         super().__init__(**fedavg_kwargs)
         self.directory = directory
         self.global_arrays = initial_arrays
         self.seed = seed
         self.client_rotation = client_rotation
-        self.min_replies, self.norm_limit, self.norm_action = min_replies, norm_limit, norm_action
+        self.min_replies = min_replies
         # Per round: what each node was sent to train from, and how aggregation went.
         self.sent: dict[int, dict[str, np.ndarray]] = {}
         self.rejected: dict[int, str] = {}  # node id -> reason
         self.kept_previous_global = False
 
     def summary(self) -> None:
-        log(INFO, "\t├──> Pollen: seed %d, client rotation %s, min replies %d, "
-            "update-norm-limit %s", self.seed, "on" if self.client_rotation else "off",
-            self.min_replies,
-            f"{self.norm_limit:g} ({self.norm_action})" if self.norm_limit > 0 else "off")
+        log(INFO, "\t├──> Pollen: seed %d, client rotation %s, min replies %d", self.seed,
+            "on" if self.client_rotation else "off", self.min_replies)
         super().summary()
 
     def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
@@ -102,36 +114,32 @@ class PollenStrategy(FedAvg):
         return ConfigRecord({**self.directory.run_record, **config,
                              "server-round": server_round})
 
+    def model_for(self, node: int) -> dict[str, np.ndarray] | None:
+        """The tensors a node gets, for strategies that keep per-client (or per-family)
+        models; None: every node gets the global ``arrays`` (one shared record)."""
+        return None
+
     def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                   node_ids: list[int], message_type: str) -> list[Message]:
+        """One message per node; with per-node models (``model_for``) what each node was
+        sent to train from is kept in ``sent``."""
         config = self.message_config(config, server_round)
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [Message(content=record, message_type=message_type, dst_node_id=node)
-                for node in node_ids]
-
-    def personal_messages(self, server_round: int, config: ConfigRecord, nodes: list[int],
-                          message_type: str, tensors_for: Callable[[int], dict[str, np.ndarray]]
-                          ) -> list[Message]:
-        """One message per node with that node's own tensors (``tensors_for(node)``);
-        for training, what each node was sent is kept for validation."""
-        config = self.message_config(config, server_round)
+        self.sent = {}
         messages = []
-        for node in nodes:
-            tensors = tensors_for(node)
-            if message_type == MessageType.TRAIN:
-                self.sent[node] = tensors
-            content = RecordDict({self.arrayrecord_key: to_array_record(tensors),
-                                  self.configrecord_key: config})
-            messages.append(Message(content=content, message_type=message_type,
-                                    dst_node_id=node))
+        for node in node_ids:
+            own = self.model_for(node)
+            if own is not None and message_type == MessageType.TRAIN:
+                self.sent[node] = own
+            record = arrays if own is None else to_array_record(own)
+            messages.append(Message(content=RecordDict({self.arrayrecord_key: record,
+                                                        self.configrecord_key: config}),
+                                    message_type=message_type, dst_node_id=node))
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
                                   server_round, "train")
-        sent = from_array_record(arrays)
-        self.sent = {node: sent for node in nodes}
         return self._messages(server_round, arrays, config, nodes, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
@@ -144,52 +152,63 @@ class PollenStrategy(FedAvg):
         return sorted(replies, key=lambda m: client_sort_key(
             self.directory.client_of(m.metadata.src_node_id).client_id))
 
-    def accepted(self, replies: Iterable[Message]) -> list[Message]:
-        """Replies in client-id order that pass ``validation.validated_tensors`` against
-        what their client was sent (clipped replies carry their clipped tensors);
-        error replies stay, for Flower's FedAvg to log and drop. Fewer than
-        ``min_replies`` valid replies: none, and the round keeps the previous global."""
-        self.rejected = {}
-        kept = []
-        for reply in self.in_client_order(replies):
-            if not reply.has_error():
-                node = reply.metadata.src_node_id
-                client = self.directory.client_of(node).client_id
-                try:
-                    if node not in self.sent:
-                        raise RejectedReply(f"reply of client {client}, which was sent no work")
-                    tensors = validated_tensors(
-                        reply, self.sent[node], self.weighted_by_key, self.norm_limit,
-                        self.norm_action, who=f"client {client}")
-                except RejectedReply as error:
-                    log(WARNING, "rejected: %s", error)
-                    self.rejected[node] = str(error)
-                    continue
-                reply.content[ARRAYS_KEY] = to_array_record(tensors)
-            kept.append(reply)
-        valid = sum(not reply.has_error() for reply in kept)
-        self.kept_previous_global = valid < self.min_replies
+    def enough_replies(self, count: int) -> bool:
+        """Whether ``count`` valid replies may change the global model (``min-replies``);
+        if not, the round keeps the previous one and says so."""
+        self.kept_previous_global = count < self.min_replies
         if self.kept_previous_global:
             log(WARNING, "only %d valid replies (min-replies %d): keeping the previous global "
-                "model", valid, self.min_replies)
-            return []
-        return kept
+                "model", count, self.min_replies)
+        return not self.kept_previous_global
+
+    def accepted(self, replies: Iterable[Message]) -> list[Message]:
+        """Replies in client-id order (``ValidatedUpdates`` has checked them); error
+        replies stay, for the caller to count. Fewer than ``min_replies`` valid replies:
+        none, and the round keeps the previous global."""
+        self.rejected = {}
+        kept = self.in_client_order(replies)
+        return kept if self.enough_replies(sum(not m.has_error() for m in kept)) else []
 
     def valid_replies(self, replies: Iterable[Message]) -> list[Message]:
-        """The accepted replies that carry content (error replies are logged and left out),
-        for strategies that aggregate on their own rather than through Flower's FedAvg."""
+        """The accepted replies that carry content (error replies are logged and left out)."""
         kept = self.accepted(replies)
         valid = [m for m in kept if not m.has_error()]
-        log(INFO, "aggregate_train: %d valid replies, %d errors, %d rejected", len(valid),
-            len(kept) - len(valid), len(self.rejected))
+        log(INFO, "aggregate_train: %d valid replies, %d errors", len(valid),
+            len(kept) - len(valid))
         return valid
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, self.accepted(replies))
-        if arrays is not None:
-            self.global_arrays = arrays
-        return arrays, metrics
+        """FedAvg: the example-weighted mean of the replies (``aggregate.weighted_mean``,
+        Flower's arithmetic), and Flower's weighted mean of their metrics.
+
+        The values are checked here, not reply by reply (``checks_values``): a non-finite
+        value in any reply makes the mean non-finite; then each reply is checked, the
+        guilty ones are rejected, and the mean is taken again without them."""
+        valid = self.valid_replies(replies)
+        while valid:
+            views = [array_views(m.content[ARRAYS_KEY]) for m in valid]
+            mean = weighted_mean(views, [float(m.content["metrics"][self.weighted_by_key])
+                                         for m in valid])
+            if all(np.isfinite(value).all() for value in mean.values()):
+                break
+            checked = []
+            for message, tensors in zip(valid, views):
+                try:
+                    check_values(tensors, self.directory.name_of(message.metadata.src_node_id))
+                    checked.append(message)
+                except RejectedReply as error:
+                    log(WARNING, "rejected: %s", error)
+                    self.rejected[message.metadata.src_node_id] = str(error)
+            if len(checked) == len(valid):  # finite replies whose mean overflows float32
+                log(WARNING, "the mean of %d finite replies is not finite", len(valid))
+                self.kept_previous_global, checked = True, []
+            valid = checked if self.enough_replies(len(checked)) else []
+        if not valid:
+            return None, None
+        self.global_arrays = to_array_record(mean)
+        return self.global_arrays, self.train_metrics_aggr_fn(
+            [m.content for m in valid], self.weighted_by_key)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
@@ -221,14 +240,11 @@ class PollenStrategy(FedAvg):
         return None
 
     def state_dict(self) -> StrategyState:
-        tensors = {f"global/{k}": v for k, v in from_array_record(self.global_arrays).items()}
+        tensors = prefixed(from_array_record(self.global_arrays), "global/")
         return {"tensors": tensors, "meta": {"strategy": type(self).__name__}}
 
     def load_state_dict(self, state: StrategyState) -> None:
         if state["meta"].get("strategy") != type(self).__name__:
             raise ValueError(f"state of {state['meta'].get('strategy')} cannot be loaded "
                              f"into {type(self).__name__}")
-        prefix = "global/"
-        self.global_arrays = to_array_record(
-            {k[len(prefix):]: np.asarray(v) for k, v in state["tensors"].items()
-             if k.startswith(prefix)})
+        self.global_arrays = to_array_record(unprefixed(state["tensors"], "global/"))

@@ -10,7 +10,6 @@ training starts.
 
 from __future__ import annotations
 
-
 import time
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -18,8 +17,6 @@ from logging import INFO, WARNING
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-
-
 
 
 class ClientSetupError(RuntimeError):

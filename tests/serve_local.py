@@ -9,7 +9,6 @@ import json
 import sys
 
 from client_app.app import app as client_app
-from pollen.config import RunConfig
 from server_app.app import run
 from strategies import run_config
 from tests.localgrid import LocalGrid

@@ -2,7 +2,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from flwr.common.config import flatten_dict, fuse_dicts, parse_config_args
 
 from pollen.config import ConfigError, RunConfig

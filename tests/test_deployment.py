@@ -14,9 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deployment import (NODE_CONFIG_KEYS, ROOT, clientapp_executor_command, flags,
-                              free_port, loopback, serverapp_executor_command,
-                              superlink_command, supernode_command, write_topics)
+from tests.deployment import (
+    NODE_CONFIG_KEYS,
+    ROOT,
+    clientapp_executor_command,
+    flags,
+    free_port,
+    loopback,
+    serverapp_executor_command,
+    superlink_command,
+    supernode_command,
+    write_topics,
+)
 
 TINY_JOB = ("model='tiny-bert' lr=0.05 local-epochs=4 max-seq-len=16 num-server-rounds=2 "
             "min-clients=2")

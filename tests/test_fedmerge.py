@@ -13,6 +13,7 @@ from server_app.app import run
 from strategies import run_config
 from strategies.directory import ClientDirectory
 from strategies.fedmerge import FedMerge
+from strategies.validation import ValidatedUpdates
 from tests.localgrid import LocalGrid
 from tests.test_strategies import describe_only
 
@@ -24,9 +25,10 @@ def fedmerge(grid, thetas, **overrides):
     settings.update(overrides)
     directory = ClientDirectory(RunConfig().to_mapping(), timeout=10)
     directory.refresh(grid, strict=True)
-    return FedMerge(global_models=thetas, directory=directory, seed=0,
-                    initial_arrays=to_array_record(thetas[0]), min_train_nodes=1,
-                    min_evaluate_nodes=1, min_available_nodes=1, **settings)
+    return ValidatedUpdates(FedMerge(global_models=thetas, directory=directory, seed=0,
+                                     initial_arrays=to_array_record(thetas[0]),
+                                     min_train_nodes=1, min_evaluate_nodes=1,
+                                     min_available_nodes=1, **settings))
 
 
 def random_models(count, seed=0):

@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 
 from pollen.config import ConfigError, RunConfig
 from pollen.records import to_array_record
-from strategies.validation import RejectedReply, validated_tensors
 from strategies import run_config
+from strategies.validation import RejectedReply, validated_tensors
 from tests.localgrid import LocalGrid
 
 KEYS = st.sampled_from(RunConfig.keys() + ["server-round", "bogus-key"])

@@ -16,10 +16,10 @@ from pollen.records import from_array_record, to_array_record
 from pollen.server_data import load_server_data
 from server_app.app import run
 from strategies import build_strategy, run_config
+from strategies.directory import ClientDirectory
 from strategies.guided.atlas import AtlasEntry, ModelAtlas
 from strategies.guided.client import GLOBAL_ROUND_KEY
 from strategies.spec import ServerSetup
-from strategies.directory import ClientDirectory
 from tests.localgrid import LocalGrid
 from tests.test_strategies import describe_only
 
@@ -219,7 +219,8 @@ def test_coefficient_initialisation_reproduces_fedavg_exactly(grid, granularity)
         np.testing.assert_allclose(at_start, outcome.plain_average[name], atol=1e-6)
     assert start.shape == ((4,) if granularity == "vector" else (4, len(base)))
     # And Flower's FedAvg of the same replies agrees.
-    fedavg_arrays, _ = super(type(strategy), strategy).aggregate_train(
+    inner = strategy.strategy  # inside the validation wrapper
+    fedavg_arrays, _ = super(type(inner), inner).aggregate_train(
         1, [reply(m, t, n) for m, t, n in zip(messages, trained, counts)])
     for name, value in from_array_record(fedavg_arrays).items():
         np.testing.assert_allclose(value, outcome.plain_average[name], atol=1e-6)

@@ -15,9 +15,16 @@ from pollen.records import from_array_record, to_array_record
 from server_app.app import run
 from strategies import build_model_for, build_strategy, run_config
 from strategies.directory import ClientDirectory
-from strategies.mosaic.client import (GENERATOR_KEY, PROTOTYPES_KEY, STAGE_KEY,
-                                      adversarial_loss, class_prototypes, discriminator_loss,
-                                      diversity_loss, entropy_loss)
+from strategies.mosaic.client import (
+    GENERATOR_KEY,
+    PROTOTYPES_KEY,
+    STAGE_KEY,
+    adversarial_loss,
+    class_prototypes,
+    discriminator_loss,
+    diversity_loss,
+    entropy_loss,
+)
 from strategies.mosaic.generator import build_generator, input_signature
 from strategies.mosaic.teacher import Teacher, class_experts, distill
 from strategies.spec import ServerSetup

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
 from google.protobuf import json_format
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_app.app import app as client_app
@@ -20,8 +20,13 @@ from pollen import cli
 from pollen.adapters import travelling_state
 from pollen.config import ConfigError, RunConfig
 from pollen.models import build_model
-from pollen.registry.bundle import (BundleError, base_model_digest, decode_bundle,
-                                    encode_bundle, manifest_for)
+from pollen.registry.bundle import (
+    BundleError,
+    base_model_digest,
+    decode_bundle,
+    encode_bundle,
+    manifest_for,
+)
 from pollen.registry.client import PARTIAL, PARTIAL_META, connect, fetch, list_adapters, publish
 from pollen.registry.publisher import TOKEN_VARIABLE
 from pollen.registry.server import serve

@@ -124,8 +124,8 @@ def test_too_few_valid_replies_keep_the_previous_global(tmp_path):
     row = outputs.read_metrics()[0]
     assert row["kept_previous_global"] is True and row["num_replies"] == 3
     initial = load_file(outputs.run_dir / "checkpoints" / "round-1" / "strategy.safetensors")
-    from pollen.models import build_model
     from pollen.adapters import travelling_state
+    from pollen.models import build_model
     start = travelling_state(build_model(config, 10))
     assert all(np.array_equal(initial[f"global/{k}"], v) for k, v in start.items())
 

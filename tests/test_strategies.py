@@ -128,7 +128,7 @@ def test_state_round_trip(grid):
     fresh.load_state_dict(state)
     restored = from_array_record(fresh.global_arrays)
     np.testing.assert_array_equal(restored["w"], np.arange(6).reshape(2, 3))
-    assert isinstance(fresh, FedAvg)
+    assert isinstance(fresh.strategy, FedAvg)  # inside the validation wrapper
     with pytest.raises(ValueError, match="cannot be loaded"):
         make_strategy(RunConfig(strategy="fedprox"), grid).load_state_dict(state)
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from client_app.app import app as client_app
 from pollen import wire
-from pollen.config import ConfigError, RunConfig
+from pollen.config import ConfigError
 from pollen.records import from_array_record, to_array_record
 from server_app.app import run
 from strategies import run_config

@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pollen.errors import ConfigError
+from pollen.adapters import is_head
 from pollen.dema.config import DemaConfig
 from pollen.dema.layer import DemaLinear, ExpertBank
+from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
 
 SHARED_PREFIX = "banks."
@@ -68,7 +69,7 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
         parent = backbone.get_submodule(name.rsplit(".", 1)[0])
         setattr(parent, module, DemaLinear(linear, bank, config.rank))
     for name, parameter in backbone.named_parameters():
-        if "classifier" in name.split("."):
+        if is_head(name):
             parameter.requires_grad = True
     return DemaModel(backbone, banks, config, family)
 

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from pollen import wire
-from pollen.adapters import is_adapter_model, travelling_module_names
+from pollen.adapters import is_adapter_model, is_head, travelling_module_names
 from pollen.config import RunConfig
 from pollen.v1 import adapters_pb2 as pb
 
@@ -40,7 +40,7 @@ def base_model_digest(model: nn.Module) -> str:
     travelling = set(travelling_module_names(model).values())
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if name in travelling or "classifier" in name.split("."):
+        if name in travelling or is_head(name):
             continue
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())

@@ -136,8 +136,7 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
     from pollen.config import RunConfig
     from pollen.dema import DemaConfig, inject_dema
     from pollen.models import build_backbone, build_model
-    from pollen.registry.bundle import base_model_digest, decode_bundle, manifest_for, \
-        read_manifest
+    from pollen.registry.bundle import base_model_digest, decode_bundle, manifest_for, read_manifest
 
     manifest = read_manifest(data)
     base = model_name or manifest.base_model

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
@@ -53,7 +53,8 @@ from torch import nn
 from pollen.adapters import head_tensor_names, reinitialise_travelling
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
-from strategies.base import PollenStrategy, StrategyState
+from strategies.aggregate import weighted_sum
+from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 
 Tensors = dict[str, np.ndarray]
 OFFICIAL_W_STEP = 0.01
@@ -66,8 +67,8 @@ def softmax(row: np.ndarray) -> np.ndarray:
 
 
 def merge(models: list[Tensors], weights: np.ndarray) -> Tensors:
-    return {name: sum(w * m[name].astype(np.float64) for w, m in zip(weights, models))
-            .astype(np.float32) for name in models[0]}
+    """sum_j w_j Theta_j, accumulated in float64."""
+    return weighted_sum(models, list(weights), np.float64)
 
 
 def initial_global_models(template: nn.Module, count: int, seed: int) -> list[Tensors]:
@@ -78,6 +79,7 @@ def initial_global_models(template: nn.Module, count: int, seed: int) -> list[Te
 
 
 class FedMerge(PollenStrategy):
+    checks_values = False  # its updates are deltas to each client's own merge
     def __init__(self, *, global_models: list[Tensors], mu: float, lr_w: float,
                  lr_theta: float, w_tensors: str, w_step: str, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -102,7 +104,7 @@ class FedMerge(PollenStrategy):
     def merged_for(self, client_id: str) -> Tensors:
         return merge(self.thetas, self.weights_of(client_id))
 
-    def _merged_for_node(self, node: int) -> Tensors:
+    def model_for(self, node: int) -> Tensors:
         return self.merged_for(self.directory.client_of(node).client_id)  # theta_i0
 
     def uniform_merge(self) -> Tensors:
@@ -111,18 +113,7 @@ class FedMerge(PollenStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config["proximal-mu"] = 2.0 * self.mu
-        self.sent = {}
-        nodes = self.sample_nodes(grid, self.fraction_train, self.min_train_nodes,
-                                  server_round, "train")
-        return self.personal_messages(server_round, config, nodes, MessageType.TRAIN,
-                                      self._merged_for_node)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
-                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        nodes = self.sample_nodes(grid, self.fraction_evaluate, self.min_evaluate_nodes,
-                                  server_round, "evaluate")
-        return self.personal_messages(server_round, config, nodes, MessageType.EVALUATE,
-                                      self._merged_for_node)
+        return super().configure_train(server_round, arrays, config, grid)
 
     def _w_step(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         step = p[:, None] * g
@@ -192,7 +183,7 @@ class FedMerge(PollenStrategy):
     def state_dict(self) -> StrategyState:
         state = super().state_dict()
         for j, theta in enumerate(self.thetas):
-            state["tensors"].update({f"theta/{j}/{k}": v for k, v in theta.items()})
+            state["tensors"].update(prefixed(theta, f"theta/{j}/"))
         clients = sorted(self.w)
         if clients:
             state["tensors"]["w"] = np.stack([self.w[c] for c in clients])
@@ -202,9 +193,7 @@ class FedMerge(PollenStrategy):
     def load_state_dict(self, state: StrategyState) -> None:
         super().load_state_dict(state)
         count = state["meta"]["num_global_models"]
-        self.thetas = [{k[len(f"theta/{j}/"):]: np.asarray(v)
-                        for k, v in state["tensors"].items() if k.startswith(f"theta/{j}/")}
-                       for j in range(count)]
+        self.thetas = [unprefixed(state["tensors"], f"theta/{j}/") for j in range(count)]
         clients = state["meta"]["w_clients"]
         self.w = {c: np.asarray(state["tensors"]["w"][i], dtype=np.float64)
                   for i, c in enumerate(clients)}

@@ -41,7 +41,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pollen.records import from_array_record, to_array_record
-from strategies.base import PollenStrategy, StrategyState
+from strategies.aggregate import weighted_mean
+from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.fedref.client import REFERENCE_KEY
 
 Tensors = dict[str, np.ndarray]
@@ -63,8 +64,7 @@ class FedRef(PollenStrategy):
 
     def reference(self) -> Tensors:
         window = self.history[-self.p:]
-        return {name: np.mean([g[name] for g in window], axis=0, dtype=np.float64)
-                .astype(np.float32) for name in window[0]}
+        return weighted_mean(window, [1.0] * len(window), np.float64)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -97,14 +97,11 @@ class FedRef(PollenStrategy):
     def state_dict(self) -> StrategyState:
         state = super().state_dict()
         for i, model in enumerate(self.history):
-            state["tensors"].update({f"history/{i}/{k}": v for k, v in model.items()})
+            state["tensors"].update(prefixed(model, f"history/{i}/"))
         state["meta"]["history_length"] = len(self.history)
         return state
 
     def load_state_dict(self, state: StrategyState) -> None:
         super().load_state_dict(state)
-        self.history = []
-        for i in range(state["meta"]["history_length"]):
-            prefix = f"history/{i}/"
-            self.history.append({k[len(prefix):]: np.asarray(v)
-                                 for k, v in state["tensors"].items() if k.startswith(prefix)})
+        self.history = [unprefixed(state["tensors"], f"history/{i}/")
+                        for i in range(state["meta"]["history_length"])]

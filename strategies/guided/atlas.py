@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from strategies.base import prefixed, unprefixed
+
 Tensors = dict[str, np.ndarray]
 
 
@@ -78,8 +80,9 @@ class ModelAtlas:
         return evicted
 
     def state(self) -> tuple[Tensors, list[dict]]:
-        tensors = {f"atlas/{i}/{name}": value for i, entry in enumerate(self.entries)
-                   for name, value in entry.update.items()}
+        tensors = {}
+        for i, entry in enumerate(self.entries):
+            tensors.update(prefixed(entry.update, f"atlas/{i}/"))
         meta = [{"client": e.client_id, "round": e.round, "num_examples": e.num_examples,
                  "nonpositive_searches": e.nonpositive_searches} for e in self.entries]
         return tensors, meta
@@ -87,9 +90,7 @@ class ModelAtlas:
     def load(self, tensors: Tensors, meta: list[dict]) -> None:
         self.entries = []
         for i, about in enumerate(meta):
-            prefix = f"atlas/{i}/"
-            update = {k[len(prefix):]: np.asarray(v) for k, v in tensors.items()
-                      if k.startswith(prefix)}
             self.entries.append(AtlasEntry(about["client"], about["round"],
-                                           about["num_examples"], update,
+                                           about["num_examples"],
+                                           unprefixed(tensors, f"atlas/{i}/"),
                                            about["nonpositive_searches"]))

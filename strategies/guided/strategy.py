@@ -34,13 +34,14 @@ from flwr.serverapp import Grid
 
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
-from strategies.base import PollenStrategy, StrategyState
+from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.guided.atlas import AtlasEntry, ModelAtlas
 from strategies.guided.client import GLOBAL_ROUND_KEY
 from strategies.guided.coefficient_search import CoefficientSearch
 
 
 class GuidedMerge(PollenStrategy):
+    checks_values = False  # updates enter the atlas before the mean is taken
     def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas, **kwargs) -> None:
         super().__init__(**kwargs)
         self.search, self.atlas = search, atlas
@@ -84,10 +85,7 @@ class GuidedMerge(PollenStrategy):
                     client, stamp, int(reply.content["metrics"][self.weighted_by_key]),
                     {n: tensors[n] - self.globals[stamp][n] for n in tensors}))
             kept.append(reply)
-        if len(self.arrivals) < self.min_replies:
-            self.kept_previous_global = True
-            return []
-        return kept
+        return kept if self.enough_replies(len(self.arrivals)) else []
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -144,15 +142,12 @@ class GuidedMerge(PollenStrategy):
         atlas_tensors, atlas_meta = self.atlas.state()
         state["tensors"].update(atlas_tensors)
         for index, model in self.globals.items():
-            state["tensors"].update({f"globals/{index}/{k}": v for k, v in model.items()})
+            state["tensors"].update(prefixed(model, f"globals/{index}/"))
         state["meta"].update(atlas=atlas_meta, globals=sorted(self.globals))
         return state
 
     def load_state_dict(self, state: StrategyState) -> None:
         super().load_state_dict(state)
         self.atlas.load(state["tensors"], state["meta"]["atlas"])
-        self.globals = {}
-        for index in state["meta"]["globals"]:
-            prefix = f"globals/{index}/"
-            self.globals[index] = {k[len(prefix):]: np.asarray(v)
-                                   for k, v in state["tensors"].items() if k.startswith(prefix)}
+        self.globals = {index: unprefixed(state["tensors"], f"globals/{index}/")
+                        for index in state["meta"]["globals"]}

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from strategies.fedavg_per_family.strategy import FamilyFedAvg, Reply, Tensors, weighted_mean
+from strategies.aggregate import weighted_mean
+from strategies.fedavg_per_family.strategy import ACCUMULATE, FamilyFedAvg, Reply, Tensors
 
 RANK_AXIS = {"lora_A": 0, "lora_B": 1}
 
@@ -70,5 +71,5 @@ class HetLoRA(FamilyFedAvg):
             having = [r for r in replies if name in r.tensors]
             if having:
                 self.shared[name] = weighted_mean(
-                    [padded(name, r.tensors[name], self.max_rank) for r in having],
-                    [r.num_examples for r in having])
+                    [{name: padded(name, r.tensors[name], self.max_rank)} for r in having],
+                    [r.num_examples for r in having], ACCUMULATE)[name]

@@ -43,8 +43,14 @@ from torch import nn
 from pollen.records import to_array_record
 from pollen.training import logits_of, make_loader
 from strategies.mosaic.config import MosaicConfig
-from strategies.mosaic.generator import (NOISE_DIM, build_discriminator, build_generator,
-                                         input_signature, model_inputs, sample)
+from strategies.mosaic.generator import (
+    NOISE_DIM,
+    build_discriminator,
+    build_generator,
+    input_signature,
+    model_inputs,
+    sample,
+)
 from strategies.mosaic.heads import penultimate_features
 from strategies.spec import ClientHalf, ClientJob
 

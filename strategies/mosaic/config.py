@@ -2,8 +2,16 @@
 
 from dataclasses import dataclass
 
-from pollen.config import (ConfigError, RunConfig, Section, at_least, non_negative, one_of,
-                           positive, setting)
+from pollen.config import (
+    ConfigError,
+    RunConfig,
+    Section,
+    at_least,
+    non_negative,
+    one_of,
+    positive,
+    setting,
+)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pollen.adapters import travelling_module_names
+from pollen.adapters import HEAD_NAME, travelling_module_names
 from pollen.training import logits_of
-
-HEAD_NAME = "classifier"
 
 
 def head_module_name(model: nn.Module) -> str:

@@ -59,11 +59,17 @@ from pollen.errors import ConfigError
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate
-from strategies.base import StrategyState
+from strategies.base import StrategyState, prefixed, unprefixed
 from strategies.directory import ClientInfo
 from strategies.fedavg_per_family.strategy import FamilyFedAvg, Tensors
-from strategies.mosaic.client import (FEDAVG, GENERATOR, GENERATOR_KEY, PROTOTYPES_KEY,
-                                      STAGE_KEY, WARMUP)
+from strategies.mosaic.client import (
+    FEDAVG,
+    GENERATOR,
+    GENERATOR_KEY,
+    PROTOTYPES_KEY,
+    STAGE_KEY,
+    WARMUP,
+)
 from strategies.mosaic.config import MosaicConfig
 from strategies.mosaic.generator import build_generator, input_signature, sample
 from strategies.mosaic.heads import HeadParams
@@ -172,10 +178,7 @@ class Mosaic(FamilyFedAvg):
                 self._receive_generator(reply, client.client_id, client.family)
             kept.append(reply)
         self.prototypes += arrivals
-        if len(self.uploads) < self.min_replies:
-            self.kept_previous_global = True
-            return []
-        return kept
+        return kept if self.enough_replies(len(self.uploads)) else []
 
     def _prototypes_of(self, reply: Message, family: str
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -340,10 +343,10 @@ class Mosaic(FamilyFedAvg):
                             for n, t in generator.state_dict().items() if t.is_floating_point()})
         for family, experts in self.experts.items():
             for c, expert in experts.items():
-                tensors.update({f"experts/{family}/{c}/{n}": v for n, v in expert.items()})
+                tensors.update(prefixed(expert, f"experts/{family}/{c}/"))
         if self.teacher is not None and self.teacher.ema is not None:
-            tensors.update({f"meta/{n}": t.detach().cpu().numpy().copy()
-                            for n, t in self.teacher.ema.module.state_dict().items()})
+            tensors.update(prefixed({n: t.detach().cpu().numpy().copy() for n, t in
+                                     self.teacher.ema.module.state_dict().items()}, "meta/"))
         state["meta"].update(
             mosaic_prototypes=[[p.client, p.family, p.round] for p in self.prototypes],
             mosaic_generators={c: f for c, (f, _) in self.generators.items()},
@@ -363,24 +366,19 @@ class Mosaic(FamilyFedAvg):
         for client, family in meta["mosaic_generators"].items():
             generator = build_generator(self.seed, self.settings.sequence_length,
                                         self.signatures[family], client)
-            prefix = f"generators/{client}/"
-            generator.load_state_dict({k[len(prefix):]: torch.as_tensor(np.asarray(v))
-                                       for k, v in tensors.items() if k.startswith(prefix)},
+            weights = unprefixed(tensors, f"generators/{client}/")
+            generator.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()},
                                       strict=False)
             self.generators[client] = (family, generator)
         self.experts = {
-            family: {int(c): {k[len(f"experts/{family}/{c}/"):]: np.asarray(v)
-                              for k, v in tensors.items()
-                              if k.startswith(f"experts/{family}/{c}/")}
-                     for c in classes}
+            family: {int(c): unprefixed(tensors, f"experts/{family}/{c}/") for c in classes}
             for family, classes in meta["mosaic_experts"].items()}
         self.distilled = bool(meta["mosaic_distilled"])
         self.current_round = int(meta["mosaic_round"])
         if self.experts and any(k.startswith("meta/") for k in tensors):
             self.teacher = Teacher(self.models, self.signatures, self.experts,
                                    self.num_classes, self.teacher_device)
-            self.teacher.load_meta({k[len("meta/"):]: np.asarray(v) for k, v in tensors.items()
-                                    if k.startswith("meta/")})
+            self.teacher.load_meta(unprefixed(tensors, "meta/"))
 
 
 def generated_grid(generators: dict[str, tuple[str, nn.Module]], seed: int,

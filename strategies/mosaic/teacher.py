@@ -43,11 +43,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pollen.adapters import load_travelling_state, travelling_module_names, travelling_state
-from strategies.mosaic.generator import model_inputs, sample
-from strategies.mosaic.heads import HeadParams
 from pollen.seeding import derive_seed
 from pollen.training import logits_of
-from strategies.fedavg_per_family.strategy import Tensors, weighted_mean
+from strategies.aggregate import weighted_mean
+from strategies.fedavg_per_family.strategy import ACCUMULATE, Tensors
+from strategies.mosaic.generator import model_inputs, sample
+from strategies.mosaic.heads import HeadParams
 
 META_LR, META_BATCH, META_EMA_DECAY, META_DROPOUT = 1e-3, 128, 0.99, 0.2
 KL_WEIGHT, CE_WEIGHT = 0.8, 0.2
@@ -56,8 +57,7 @@ KL_WEIGHT, CE_WEIGHT = 0.8, 0.2
 def class_experts(models: list[Tensors], class_counts: list[np.ndarray]) -> dict[int, Tensors]:
     """theta_c = sum_k n_kc theta_k / sum_k n_kc for every class some model was trained on."""
     counts = np.stack(class_counts)
-    return {c: {name: weighted_mean([m[name] for m in models], list(counts[:, c]))
-                for name in models[0]}
+    return {c: weighted_mean(models, list(counts[:, c]), ACCUMULATE)
             for c in range(counts.shape[1]) if counts[:, c].sum() > 0}
 
 
