@@ -14,6 +14,22 @@ TINY_BERTS = {"tiny-bert": (32, 2, 2), "tiny-bert-w64": (64, 3, 4)}
 TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 
 
+# What each model trains well with, for the keys a run leaves at "auto": the CNN and the
+# random tiny BERTs at AdamW 0.01; pretrained transformers with LoRA at 0.003 (MiniLM on
+# AG News: 0.01 gave 0.397 accuracy after 2 rounds, the majority class; 0.003 is what
+# docs/benchmarks.md's AG News rows use).
+RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32},
+               "tiny-bert": {"lr": 0.01, "batch-size": 32},
+               "tiny-bert-w64": {"lr": 0.01, "batch-size": 32},
+               "pretrained": {"lr": 0.003, "batch-size": 32}}
+
+
+def recommended(model_name: str, key: str) -> float | int:
+    """The model's recommended value of ``key``; MiniLM (any depth) and ``hf:`` models
+    share the pretrained transformers' row."""
+    return RECOMMENDED.get(model_name, RECOMMENDED["pretrained"])[key]
+
+
 def modality_of(model_name: str) -> str:
     return "image" if model_name == "cnn" else "text"
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pollen.catalog import check_model_name
+from pollen.catalog import check_model_name, recommended
 from pollen.errors import ConfigError
 
 __all__ = ["ConfigError", "RunConfig", "Section", "setting", "at_least", "positive",
@@ -43,9 +43,13 @@ MESSAGE_ONLY_KEYS = frozenset({"server-round"})
 Check = Callable[[str, Any], None]  # (qualified key, value) -> raises ConfigError
 
 
-def setting(default: Any, *checks: Check) -> Any:
-    """A config field: its default and the checks its value must pass."""
-    return field(default=default, metadata={"checks": checks})
+AUTO = "auto"  # a key left to the model's recommendation (``pollen.catalog.RECOMMENDED``)
+
+
+def setting(default: Any, *checks: Check, auto: bool = False) -> Any:
+    """A config field: its default and the checks its value must pass; with ``auto`` the
+    value may also be "auto", which the model's recommendation replaces."""
+    return field(default=default, metadata={"checks": checks, "auto": auto})
 
 
 def at_least(minimum: int) -> Check:
@@ -120,6 +124,11 @@ class _Settings:
         return [cls.prefix + _key(f.name) for f in cls._key_fields()]
 
     @classmethod
+    def declared_defaults(cls) -> dict[str, Any]:
+        """Each key's default as declared (``auto`` unresolved): pyproject.toml's values."""
+        return {cls.prefix + _key(f.name): f.default for f in cls._key_fields()}
+
+    @classmethod
     def _kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
         """Field values from keys without the prefix; unknown keys and wrong types raise."""
         by_key = {_key(f.name): f for f in cls._key_fields()}
@@ -129,6 +138,9 @@ class _Settings:
                 raise ConfigError(f"unknown run-config key '{cls.prefix}{key}'; known keys: "
                                   f"{', '.join(cls.keys())}")
             annotation = by_key[key].type
+            if by_key[key].metadata["auto"] and value == AUTO:
+                kwargs[by_key[key].name] = value
+                continue
             kwargs[by_key[key].name] = _coerce(cls.prefix + key, value, getattr(
                 annotation, "__name__", annotation))
         return kwargs
@@ -138,6 +150,8 @@ class _Settings:
 
     def _check_fields(self) -> None:
         for f in self._key_fields():
+            if f.metadata["auto"] and getattr(self, f.name) == AUTO:
+                continue
             for check in f.metadata["checks"]:
                 check(self.prefix + _key(f.name), getattr(self, f.name))
 
@@ -179,8 +193,8 @@ class RunConfig(_Settings):
     fraction_train: float = setting(1.0, _sampling_fraction)
     fraction_evaluate: float = setting(1.0, _sampling_fraction)
     local_epochs: int = setting(2, at_least(1))
-    lr: float = setting(0.01, positive)
-    batch_size: int = setting(32, at_least(1))
+    lr: float = setting(AUTO, positive, auto=True)
+    batch_size: int = setting(AUTO, at_least(1), auto=True)
     seed: int = setting(42)
     output_dir: str = setting("pollen-runs")
     run_name: str = setting("")
@@ -220,6 +234,8 @@ class RunConfig(_Settings):
     min_clients: int = setting(1, at_least(1))
     # The run's strategy's section (None for a method without keys); not a key itself.
     method: Section | None = None
+    # Keys that were "auto", with the model whose recommendation they took.
+    recommended_by: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any],
@@ -258,8 +274,27 @@ class RunConfig(_Settings):
         return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
+        self._resolve_auto()
         self._check_fields()
         self.validate()
+
+    def _resolve_auto(self) -> None:
+        """Each "auto" key takes the run model's recommended value (frozen dataclass:
+        set once, here, before any check)."""
+        resolved = dict(self.recommended_by)
+        for f in self._key_fields():
+            if f.metadata["auto"] and getattr(self, f.name) == AUTO:
+                key = _key(f.name)
+                object.__setattr__(self, f.name, recommended(self.model, key))
+                resolved[key] = self.model
+        object.__setattr__(self, "recommended_by", tuple(sorted(resolved.items())))
+
+    def sources(self) -> dict[str, str]:
+        """Where each shared key's value came from: the run config, or a model's
+        recommendation (for keys left at "auto")."""
+        by_model = dict(self.recommended_by)
+        return {key: f"recommended for model '{by_model[key]}'" if key in by_model
+                else "run config" for key in RunConfig.keys()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_mapping(), indent=2, sort_keys=True)

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from pollen.training import EvalResult, evaluate, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
-from strategies import build_strategy, method_of, run_config
+from strategies import build_strategy, default_run_config, method_of, run_config
 from strategies.base import PollenStrategy
 from strategies.directory import ClientDirectory
 from strategies.spec import ServerSetup
@@ -109,18 +109,56 @@ def prepare(grid: Grid, config: RunConfig) -> Prepared:
     return Prepared(config, strategy, evaluator, task.num_classes)
 
 
+# Keys a resumed run may change: they do not change what the rounds compute.
+RESUMABLE_CHANGES = ("num-server-rounds", "round-timeout", "min-clients", "checkpoint-every",
+                     "keep-checkpoints", "registry-address", "registry-root-certificates",
+                     "device", "output-dir", "run-name")
+
+
+def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
+    """The config a run was started with, and what the resume asks to change.
+
+    Flower hands the app every key, at its default unless set, so a key counts as asked
+    for when its value differs from the declared default (and was not left at "auto").
+    ``num-server-rounds`` extends (or ends) the run; the keys of ``RESUMABLE_CHANGES``
+    change how it runs; any other key that differs from the run's own is refused, each
+    named with both values, since the resumed rounds would not be those of one run."""
+    stored = run_config(json.loads((run_dir / "config.json").read_text()))
+    declared, before = default_run_config(), stored.to_mapping()
+    auto = dict(requested.recommended_by)
+    asked = {key: value for key, value in requested.to_mapping().items()
+             if key != "resume" and key not in auto and value != declared.get(key)
+             and value != before.get(key)}
+    refused = sorted(set(asked) - set(RESUMABLE_CHANGES))
+    if refused:
+        raise ConfigError("resume: the run was started with other values of "
+                          + "; ".join(f"{key} (run: {before.get(key)!r}, asked: {asked[key]!r})"
+                                      for key in refused)
+                          + f"; only {', '.join(RESUMABLE_CHANGES)} may change on resume")
+    return run_config({**before, **asked})
+
+
 def run(grid: Grid, config: RunConfig) -> RunOutputs:
     """A new run, or with ``resume`` set, the continuation of the run in that folder from
-    its last complete checkpoint, under the config it was started with."""
+    its last complete checkpoint, under the config it was started with (and a new
+    ``num-server-rounds`` to extend it: ``resumed_config``)."""
     config.check_server_files()
     checkpoint = None
     if config.resume:
         run_dir = Path(config.resume).expanduser().resolve()
-        config = run_config(json.loads((run_dir / "config.json").read_text()))
+        config = resumed_config(config, run_dir)
         config.check_server_files()
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"resume: {run_dir} holds no complete checkpoint")
+        if checkpoint.server_round > config.num_server_rounds:
+            raise ConfigError(f"resume: {run_dir} has {checkpoint.server_round} rounds "
+                              f"already, more than num-server-rounds = "
+                              f"{config.num_server_rounds}")
+        if checkpoint.server_round == config.num_server_rounds:
+            log(WARNING, "resume: %s is complete (%d of %d rounds); set num-server-rounds "
+                "higher to extend it", run_dir, checkpoint.server_round,
+                config.num_server_rounds)
     prepared = prepare(grid, config)
     strategy, evaluator = prepared.strategy, prepared.evaluator
     if checkpoint is None:
@@ -129,6 +167,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         strategy.load_state_dict(checkpoint.strategy_state)
         restore_rng(checkpoint)
         outputs = RunOutputs.reopen(run_dir, checkpoint.output_lines)
+        (run_dir / "config.json").write_text(config.to_json() + "\n")  # extended rounds
         first_round = checkpoint.server_round + 1
         log(INFO, "resuming from %s", checkpoint.path)
     log(INFO, "writing outputs to %s", outputs.run_dir)

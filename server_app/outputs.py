@@ -1,6 +1,7 @@
 """Everything a run leaves under ``<output-dir>/<run-name>/``.
 
-config.json (resolved config), metrics.jsonl (one object per round, appended and
+config.json (resolved config), config-sources.json (where each shared key's value came
+from: the run config, or the model's recommendation for a key left at "auto"), metrics.jsonl (one object per round, appended and
 fsynced as each round ends), a strategy's own JSON-lines files, summary.json, plot.png,
 model/ (the final model) and any other models the strategy saves.
 """
@@ -33,6 +34,8 @@ class RunOutputs:
         run_dir.mkdir(parents=True, exist_ok=True)
         outputs = cls(run_dir)
         (run_dir / "config.json").write_text(config.to_json() + "\n")
+        (run_dir / "config-sources.json").write_text(
+            json.dumps(config.sources(), indent=2, sort_keys=True) + "\n")
         return outputs
 
     @classmethod

@@ -59,9 +59,9 @@ def run_config_keys() -> list[str]:
 
 def default_run_config() -> dict[str, Any]:
     """Every key with its default, as pyproject.toml declares them (flattened)."""
-    defaults = RunConfig().to_mapping()
+    defaults = RunConfig.declared_defaults()
     for section in SECTIONS.values():
-        defaults.update(section().to_mapping())
+        defaults.update(section.declared_defaults())
     return defaults
 
 

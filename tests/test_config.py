@@ -1,3 +1,4 @@
+import json
 import tomllib
 from pathlib import Path
 
@@ -121,3 +122,18 @@ def test_ci_runs_the_readme_test_command():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     command = next(line for line in ci_lines if "pytest" in line)
     assert command in readme
+
+
+def test_auto_keys_take_the_model_s_recommendation_and_say_so(tmp_path):
+    from server_app.outputs import RunOutputs
+
+    minilm = run_config({"model": "minilm", "output-dir": str(tmp_path), "run-name": "m"})
+    assert (minilm.lr, minilm.batch_size) == (0.003, 32)
+    assert run_config({}).lr == 0.01  # the digits CNN
+    chosen = run_config({"model": "minilm", "lr": 0.01})
+    assert chosen.lr == 0.01 and dict(chosen.recommended_by) == {"batch-size": "minilm"}
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        run_config({"lr": 0.0})
+    sources = json.loads((RunOutputs.create(minilm).run_dir / "config-sources.json").read_text())
+    assert sources["lr"] == "recommended for model 'minilm'"
+    assert sources["model"] == "run config"

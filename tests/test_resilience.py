@@ -19,6 +19,7 @@ from pollen.data import load_task
 from pollen.records import to_array_record
 from server_app.app import run
 from server_app.checkpoints import latest_checkpoint
+from strategies import run_config
 from tests.faults import FAULTS, SLOW_SECONDS, grid_with_fault
 from tests.localgrid import LocalGrid
 
@@ -92,6 +93,43 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
         run(LocalGrid.simulation(client_app, 2), RunConfig(resume=str(tmp_path)))
     with pytest.raises(ConfigError, match="not a Pollen run folder"):
         run(LocalGrid.simulation(client_app, 2), RunConfig(resume=str(tmp_path / "nowhere")))
+
+
+def test_a_run_extended_on_resume_equals_an_uninterrupted_one(tmp_path):
+    """2 rounds, then resume with num-server-rounds = 4: the same rows and the same
+    final state as 4 rounds in one go (the issue's 2 + 2 = 4)."""
+    common = {"strategy": "fedref", "fraction-train": 0.5, "output-dir": str(tmp_path)}
+    whole = run(LocalGrid.simulation(client_app, 4),
+                run_config({**common, "num-server-rounds": 4, "run-name": "whole"}))
+    short = run(LocalGrid.simulation(client_app, 4),
+                run_config({**common, "num-server-rounds": 2, "run-name": "parts"}))
+    extended = run(LocalGrid.simulation(client_app, 4),
+                   run_config({"num-server-rounds": 4, "resume": str(short.run_dir)}))
+    assert extended.run_dir == short.run_dir
+
+    def rows(outputs):
+        return [{k: v for k, v in r.items() if "seconds" not in k}
+                for r in outputs.read_metrics()]
+
+    assert [r["round"] for r in rows(extended)] == [1, 2, 3, 4]
+    assert rows(extended) == rows(whole)
+    a = latest_checkpoint(whole.run_dir).strategy_state["tensors"]
+    b = latest_checkpoint(extended.run_dir).strategy_state["tensors"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((extended.run_dir / "config.json").read_text())["num-server-rounds"] == 4
+
+
+def test_resuming_with_a_changed_key_names_each_one(tmp_path):
+    done = run(LocalGrid.simulation(client_app, 3),
+               run_config({"num-server-rounds": 2, "output-dir": str(tmp_path),
+                           "run-name": "r", "seed": 7}))
+    resume = {"resume": str(done.run_dir)}
+    with pytest.raises(ConfigError, match=r"local-epochs \(run: 2, asked: 3\); seed "
+                                          r"\(run: 7, asked: 8\); only num-server-rounds"):
+        run(LocalGrid.simulation(client_app, 3),
+            run_config({**resume, "seed": 8, "local-epochs": 3}))
+    with pytest.raises(ConfigError, match="has 2 rounds already, more than num-server-rounds"):
+        run(LocalGrid.simulation(client_app, 3), run_config({**resume, "num-server-rounds": 1}))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
