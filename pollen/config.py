@@ -8,8 +8,8 @@ frozen ``Section`` dataclass in ``strategies/<method>/config.py``. This module k
 method: ``RunConfig.from_mapping`` is given the sections (``strategies.run_config`` does
 that), and ``RunConfig.method`` holds the section of the run's strategy.
 
-Every field is declared with ``setting(default, *checks)``; the checks run when the record
-is built, and a failing one names the key. ``run_simulation`` hands the app no run
+Every field is declared with ``pollen.settings.setting(default, *checks)``; the checks run
+when the record is built, and a failing one names the key. ``run_simulation`` hands the app no run
 config, so the defaults live here; ``tests/test_config.py`` keeps pyproject.toml and the
 README equal to them. The server sends the resolved record to every client inside each
 message, so a client never depends on what its own process was started with.
@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pollen.catalog import check_model_name, recommended
 from pollen.errors import ConfigError
+from pollen.settings import (AUTO, Section, Settings, at_least, fraction, key_of, non_empty_list,
+                             non_negative, one_of, open_fraction, positive, setting,
+                             split_list)
 
-__all__ = ["ConfigError", "RunConfig", "Section", "setting", "at_least", "positive",
-           "non_negative", "one_of", "fraction", "open_fraction", "non_empty_list", "split_list"]
+# What a method's config.py needs, from one place.
+__all__ = ["AUTO", "ConfigError", "RunConfig", "Section", "setting", "at_least", "positive",
+           "non_negative", "one_of", "fraction", "open_fraction", "non_empty_list",
+           "split_list"]
 
 PARTITIONER_NAMES = ("iid", "dirichlet", "pathological")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
@@ -40,152 +44,14 @@ DIGITS_SHIFTED = "digits-shifted"
 # Keys that strategies add to a message's config, not run-config keys.
 MESSAGE_ONLY_KEYS = frozenset({"server-round"})
 
-Check = Callable[[str, Any], None]  # (qualified key, value) -> raises ConfigError
-
-
-AUTO = "auto"  # a key left to the model's recommendation (``pollen.catalog.RECOMMENDED``)
-
-
-def setting(default: Any, *checks: Check, auto: bool = False) -> Any:
-    """A config field: its default and the checks its value must pass; with ``auto`` the
-    value may also be "auto", which the model's recommendation replaces."""
-    return field(default=default, metadata={"checks": checks, "auto": auto})
-
-
-def at_least(minimum: int) -> Check:
-    def check(key: str, value: Any) -> None:
-        if value < minimum:
-            raise ConfigError(f"{key} must be >= {minimum}, got {value}")
-    return check
-
-
-def positive(key: str, value: float) -> None:
-    if not value > 0.0:
-        raise ConfigError(f"{key} must be > 0, got {value}")
-
-
-def non_negative(key: str, value: float) -> None:
-    if value < 0.0:
-        raise ConfigError(f"{key} must be >= 0, got {value}")
-
-
-def one_of(*allowed: str) -> Check:
-    def check(key: str, value: str) -> None:
-        if value not in allowed:
-            raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
-    return check
-
-
-def fraction(key: str, value: float) -> None:
-    """In [0, 1]."""
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key} must be in [0, 1], got {value}")
-
-
-def open_fraction(key: str, value: float) -> None:
-    """In (0, 1)."""
-    if not 0.0 < value < 1.0:
-        raise ConfigError(f"{key} must be in (0, 1), got {value}")
-
 
 def _sampling_fraction(key: str, value: float) -> None:
     if not 0.0 < value <= 1.0:
         raise ConfigError(f"{key} must be in (0, 1], got {value}")
 
 
-def non_empty_list(key: str, value: str) -> None:
-    if not split_list(value):
-        raise ConfigError(f"{key} names no module")
-
-
-def split_list(value: str) -> list[str]:
-    """A comma-separated key's items, stripped, empty ones dropped."""
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _key(attribute: str) -> str:
-    """Attribute ``a_b`` is key ``a-b``; a trailing ``_`` (``lambda_``) is dropped."""
-    return attribute.rstrip("_").replace("_", "-")
-
-
-class _Settings:
-    """What the shared record and every method's section have in common: hyphenated
-    keys, type checks, and the declared checks."""
-
-    prefix: ClassVar[str] = ""  # "<method>." for a section
-
-    @classmethod
-    def _key_fields(cls) -> list[dataclasses.Field]:
-        return [f for f in fields(cls) if "checks" in f.metadata]
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        """The qualified keys, as Flower flattens them."""
-        return [cls.prefix + _key(f.name) for f in cls._key_fields()]
-
-    @classmethod
-    def declared_defaults(cls) -> dict[str, Any]:
-        """Each key's default as declared (``auto`` unresolved): pyproject.toml's values."""
-        return {cls.prefix + _key(f.name): f.default for f in cls._key_fields()}
-
-    @classmethod
-    def _kwargs(cls, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Field values from keys without the prefix; unknown keys and wrong types raise."""
-        by_key = {_key(f.name): f for f in cls._key_fields()}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in by_key:
-                raise ConfigError(f"unknown run-config key '{cls.prefix}{key}'; known keys: "
-                                  f"{', '.join(cls.keys())}")
-            annotation = by_key[key].type
-            if by_key[key].metadata["auto"] and value == AUTO:
-                kwargs[by_key[key].name] = value
-                continue
-            kwargs[by_key[key].name] = _coerce(cls.prefix + key, value, getattr(
-                annotation, "__name__", annotation))
-        return kwargs
-
-    def to_mapping(self) -> dict[str, Any]:
-        return {self.prefix + _key(f.name): getattr(self, f.name) for f in self._key_fields()}
-
-    def _check_fields(self) -> None:
-        for f in self._key_fields():
-            if f.metadata["auto"] and getattr(self, f.name) == AUTO:
-                continue
-            for check in f.metadata["checks"]:
-                check(self.prefix + _key(f.name), getattr(self, f.name))
-
-
 @dataclass(frozen=True)
-class Section(_Settings):
-    """A method's own keys, ``[tool.flwr.app.config.<name>]``.
-
-    Subclasses are frozen dataclasses whose fields are declared with ``setting``; they
-    set ``name`` (the method, also the table's name), ``renamed`` (each key's flat name
-    from before sections, so an old name gets an error naming the new key), and may add
-    ``check_run`` for checks against the shared keys."""
-
-    name: ClassVar[str] = ""
-    renamed: ClassVar[Mapping[str, str]] = {}
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.prefix = f"{cls.name}."
-
-    def __post_init__(self) -> None:
-        self._check_fields()
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Section:
-        """From the section's keys without the ``<name>.`` prefix."""
-        return cls(**cls._kwargs(values))
-
-    def check_run(self, run: RunConfig) -> None:
-        """Raise ConfigError if this section does not fit the run's shared keys."""
-
-
-@dataclass(frozen=True)
-class RunConfig(_Settings):
+class RunConfig(Settings):
     """The shared keys of ``[tool.flwr.app.config]``, and the strategy's section."""
 
     strategy: str = setting("fedavg")  # the one method name here: the default run
@@ -284,7 +150,7 @@ class RunConfig(_Settings):
         resolved = dict(self.recommended_by)
         for f in self._key_fields():
             if f.metadata["auto"] and getattr(self, f.name) == AUTO:
-                key = _key(f.name)
+                key = key_of(f.name)
                 object.__setattr__(self, f.name, recommended(self.model, key))
                 resolved[key] = self.model
         object.__setattr__(self, "recommended_by", tuple(sorted(resolved.items())))
@@ -398,24 +264,3 @@ class RunConfig(_Settings):
                 f"unknown dataset '{self.dataset}': use 'digits', 'hf:<id>' or a path to a "
                 f"{'/'.join(TABLE_SUFFIXES)} file"
             )
-
-
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Check one value against the field's type; ints are accepted where floats are."""
-    if annotation == "bool":
-        ok = isinstance(value, bool)
-    elif annotation == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif annotation == "float":
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        if ok and not math.isfinite(value):
-            raise ConfigError(f"run-config key '{key}' must be a finite number, got {value}")
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(
-            f"run-config key '{key}' must be of type {annotation}, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    return value
