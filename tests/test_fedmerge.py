@@ -179,6 +179,7 @@ def test_num_global_models_below_one_is_named():
         run_config({"strategy": "fedmerge", "fedmerge.num-global-models": 0})
 
 
+@pytest.mark.slow  # trains for more than 10 s
 def test_two_rounds_end_to_end_with_lora(tmp_path, topics_csv):
     from peft import PeftModel
     from safetensors.numpy import load_file

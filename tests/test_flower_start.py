@@ -12,6 +12,8 @@ from server_app.checkpoints import latest_checkpoint
 from strategies import METHODS, run_config
 from tests.localgrid import LocalGrid
 
+pytestmark = pytest.mark.slow  # two short runs of every method
+
 DIGITS = {"local-epochs": 1, "num-server-rounds": 2, "fraction-train": 0.75}
 TEXT = {**DIGITS, "model": "tiny-bert", "max-seq-len": 16, "text-column": "text"}
 FAMILIES = {**TEXT, "model-families": "tiny-bert,tiny-bert-w64"}

@@ -180,6 +180,7 @@ def test_a_target_module_the_backbone_lacks_is_refused_before_training(tmp_path,
     assert not list(tmp_path.iterdir())  # nothing was started
 
 
+@pytest.mark.slow  # trains for more than 10 s
 def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, topics_csv):
     config = hetero(**{"dataset": str(topics_csv), "lr": 0.05, "local-epochs": 3,
                        "max-seq-len": 16, "partitioner": "iid", "num-server-rounds": 2,

@@ -269,6 +269,7 @@ def test_more_prototypes_than_a_client_has_examples_is_refused_before_training(t
     assert not any(tmp_path.iterdir())  # nothing was written: no round ran
 
 
+@pytest.mark.slow  # trains for more than 10 s
 def test_across_two_widths_the_student_family_is_distilled_on_its_own_inputs(tmp_path,
                                                                               topics_csv):
     config = mosaic(**{"model-families": "tiny-bert,tiny-bert-w64", "model": "tiny-bert",

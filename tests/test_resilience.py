@@ -98,6 +98,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
         run(LocalGrid.simulation(client_app, 2), RunConfig(resume=str(tmp_path / "nowhere")))
 
 
+@pytest.mark.slow  # eight rounds in all
 def test_a_run_extended_on_resume_equals_an_uninterrupted_one(tmp_path):
     """2 rounds, then resume with num-server-rounds = 4: the same rows and the same
     final state as 4 rounds in one go (the issue's 2 + 2 = 4)."""

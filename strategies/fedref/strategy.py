@@ -41,7 +41,6 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pollen.records import from_array_record, to_array_record
-from strategies.aggregate import weighted_mean
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.fedref.client import REFERENCE_KEY
 
@@ -64,7 +63,10 @@ class FedRef(PollenStrategy):
 
     def reference(self) -> Tensors:
         window = self.history[-self.p:]
-        return weighted_mean(window, [1.0] * len(window), np.float64)
+        # numpy's mean (sum, then / p): the 1/p-weighted sum of ``aggregate`` rounds
+        # differently, and a FedRef run would no longer repeat its earlier results.
+        return {name: np.mean([g[name] for g in window], axis=0, dtype=np.float64)
+                .astype(np.float32) for name in window[0]}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
