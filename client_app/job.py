@@ -48,7 +48,7 @@ class ClientJob:
         the node config (``client-id``, ``data-path`` or ``partition-id`` and
         ``num-partitions``, ``model``, ``device``)."""
         sent = message.content["config"]
-        keys = set(run_config_keys())
+        keys = run_config_keys()
         config = run_config({k: v for k, v in sent.items() if k in keys})
         label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config

@@ -3,6 +3,7 @@ share. ``METHODS`` is the registry: method name -> ``spec.MethodSpec``."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,9 +53,12 @@ def run_config(values: Mapping[str, Any]) -> RunConfig:
     return config
 
 
-def run_config_keys() -> list[str]:
-    """Every key a run config may hold: the shared ones and every method's."""
-    return RunConfig.keys() + [key for section in SECTIONS.values() for key in section.keys()]
+@functools.cache
+def run_config_keys() -> frozenset[str]:
+    """Every key a run config may hold: the shared ones and every method's (computed
+    once: each client message is filtered by it)."""
+    return frozenset(RunConfig.keys()
+                     + [key for section in SECTIONS.values() for key in section.keys()])
 
 
 def default_run_config() -> dict[str, Any]:

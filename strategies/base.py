@@ -124,7 +124,8 @@ class PollenStrategy(FedAvg):
         """One message per node; with per-node models (``model_for``) what each node was
         sent to train from is kept in ``sent``."""
         config = self.message_config(config, server_round)
-        self.sent = {}
+        if message_type == MessageType.TRAIN:
+            self.sent = {}
         messages = []
         for node in node_ids:
             own = self.model_for(node)

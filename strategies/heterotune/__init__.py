@@ -16,10 +16,10 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
     """The family's backbone with DeMA injected (``pollen.dema``)."""
     if family == "cnn":
         raise ConfigError("heterotune adapts transformer encoders; 'cnn' has no encoder layers")
+    backbone = build_backbone(family, num_classes, config.seed)
     try:
-        return inject_dema(build_backbone(family, num_classes, config.seed),
-                           config.method.dema(config.seed), family)
-    except ConfigError as error:
+        return inject_dema(backbone, config.method.dema(config.seed), family)
+    except ConfigError as error:  # the only input check inside: the target modules
         raise ConfigError(f"heterotune.dema-target-modules: {error}") from error
 
 
