@@ -31,11 +31,11 @@ _SCALE = struct.Struct("<f")
 
 
 def to_array_record(state: Mapping[str, np.ndarray], encoding: str = "float32") -> ArrayRecord:
-    if encoding == "float32":
-        return ArrayRecord(array_dict={name: _numpy_array(value)
-                                       for name, value in state.items()})
-    return ArrayRecord(array_dict={name: _encoded(name, value, encoding)
-                                   for name, value in state.items()})
+    record = ArrayRecord()  # filled item by item: array_dict= would copy every Array
+    for name, value in state.items():
+        record[name] = (_numpy_array(value) if encoding == "float32"
+                        else _encoded(name, value, encoding))
+    return record
 
 
 def _numpy_array(value: np.ndarray) -> Array:
@@ -46,7 +46,7 @@ def _numpy_array(value: np.ndarray) -> Array:
         return Array(value)
     shape = tuple(int(d) for d in value.shape)
     return Array(dtype="float32", shape=shape, stype="numpy.ndarray",
-                 data=_npy_header(shape) + value.tobytes())
+                 data=b"".join((_npy_header(shape), memoryview(value).cast("B"))))
 
 
 def _encoded(name: str, value: np.ndarray, encoding: str) -> Array:

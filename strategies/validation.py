@@ -39,10 +39,10 @@ def checked_structure(reply: Message, sent: Mapping[str, np.ndarray], weight_key
                       who: str = "client") -> Tensors:
     """The reply's tensors (views where possible) if their names, shapes and dtypes are
     what was sent and its example count is positive; RejectedReply otherwise."""
-    content = reply.content
-    if ARRAYS_KEY not in content.array_records:
+    content = reply.content  # records by type without RecordDict's per-call filtered copies
+    if not isinstance(content.get(ARRAYS_KEY), ArrayRecord):
         raise RejectedReply(f"reply of {who} carries no '{ARRAYS_KEY}' tensors")
-    metrics = list(content.metric_records.values())
+    metrics = [record for record in content.values() if isinstance(record, MetricRecord)]
     count = metrics[0].get(weight_key) if len(metrics) == 1 else None
     if (isinstance(count, bool) or not isinstance(count, (int, float))
             or not math.isfinite(count) or count <= 0):

@@ -12,7 +12,9 @@ from pollen.records import from_array_record, to_array_record
 from server_app.app import run
 from strategies import run_config
 from strategies.directory import ClientDirectory
+from strategies.aggregate import CHUNK
 from strategies.fedmerge import FedMerge
+from strategies.fedmerge.strategy import theta_step
 from strategies.validation import ValidatedUpdates
 from tests.localgrid import LocalGrid
 from tests.test_strategies import describe_only
@@ -89,6 +91,22 @@ def test_w_and_theta_steps_match_a_hand_computation():
     for k in SHAPES:
         np.testing.assert_allclose(uniform[k], np.mean([t[k] for t in strategy.thetas], axis=0),
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_the_streamed_theta_step_is_bit_for_bit_the_whole_tensor_formula():
+    rng = np.random.default_rng(3)
+    shapes = {"big": (2, CHUNK + 5), "small": (3, 4)}
+    thetas, anchors, received = ([{k: rng.normal(size=s).astype(np.float32) for k, s in
+                                   shapes.items()} for _ in range(n)] for n in (3, 4, 4))
+    mix = rng.random((4, 3))
+    stepped = theta_step(thetas, anchors, received, mix, 0.7)
+    for j, theta in enumerate(thetas):
+        for k in shapes:
+            expected = (theta[k] - 0.7 * sum(mix[a, j] * (anchors[a][k].astype(np.float64)
+                                                          - received[a][k])
+                                              for a in range(4))).astype(np.float32)
+            assert stepped[j][k].dtype == np.float32
+            assert np.array_equal(stepped[j][k], expected), (j, k)
 
 
 def test_official_w_step_equals_the_official_loop():

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
 
-from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
+from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from strategies.aggregate import weighted_mean
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 
@@ -87,7 +87,7 @@ class FamilyFedAvg(PollenStrategy):
         for message in valid:
             node = message.metadata.src_node_id
             groups.setdefault(self._family_of_node(node), []).append(Reply(
-                from_array_record(message.content[ARRAYS_KEY]), self.sent[node],
+                array_views(message.content[ARRAYS_KEY]), self.sent[node],
                 int(message.content["metrics"][self.weighted_by_key])))
         for family, family_replies in groups.items():
             own = self.family_tensors[family]

@@ -41,7 +41,7 @@ client: the proximal term towards the received model is the client app's (``prox
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO
 
 import numpy as np
@@ -51,9 +51,9 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from pollen.adapters import head_tensor_names, reinitialise_travelling
-from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
+from pollen.records import ARRAYS_KEY, array_views, to_array_record
 from pollen.seeding import derive_seed
-from strategies.aggregate import weighted_sum
+from strategies.aggregate import CHUNK, weighted_sum
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 
 Tensors = dict[str, np.ndarray]
@@ -76,6 +76,47 @@ def initial_global_models(template: nn.Module, count: int, seed: int) -> list[Te
     model = copy.deepcopy(template)
     return [reinitialise_travelling(model, derive_seed(seed, "fedmerge-theta", j))
             for j in range(count)]
+
+
+def theta_step(thetas: list[Tensors], anchors: list[Mapping[str, np.ndarray]],
+               received: list[Mapping[str, np.ndarray]], mix: np.ndarray,
+               lr: float) -> list[Tensors]:
+    """Theta_j - lr sum_a mix_aj delta_a with delta_a = theta_a0 - theta_aE, in float64
+    and rounded to float32 at the end.
+
+    Written by hand, not with ``weighted_sum``, because the summands are differences
+    that do not exist yet: each delta_a is formed one cache-sized chunk at a time and
+    added to all d accumulators, so no client's float64 delta is ever held whole. Every
+    element sees the same operations in the same order as the whole-tensor form
+    (products rounded in float64, added in client order), so the result is bit for bit
+    the same.
+    """
+    updated: list[Tensors] = [{} for _ in thetas]
+    for name, first in thetas[0].items():
+        size = first.size
+        outs = [np.empty(size, np.float32) for _ in thetas]
+        totals = np.empty((len(thetas), min(size, CHUNK)))
+        delta, product = np.empty(min(size, CHUNK)), np.empty(min(size, CHUNK))
+        for start in range(0, size, CHUNK):
+            stop = min(start + CHUNK, size)
+            width = stop - start
+            for a, (anchor, reply) in enumerate(zip(anchors, received)):
+                np.subtract(anchor[name].reshape(-1)[start:stop],
+                            reply[name].reshape(-1)[start:stop], out=delta[:width],
+                            dtype=np.float64)
+                for j in range(len(thetas)):
+                    if a == 0:
+                        np.multiply(delta[:width], mix[a, j], out=totals[j, :width])
+                    else:
+                        np.multiply(delta[:width], mix[a, j], out=product[:width])
+                        np.add(totals[j, :width], product[:width], out=totals[j, :width])
+            for j, theta in enumerate(thetas):
+                np.multiply(totals[j, :width], lr, out=totals[j, :width])
+                np.subtract(theta[name].reshape(-1)[start:stop], totals[j, :width],
+                            out=outs[j][start:stop], dtype=np.float64, casting="same_kind")
+        for j, out in enumerate(outs):
+            updated[j][name] = out.reshape(first.shape)
+    return updated
 
 
 class FedMerge(PollenStrategy):
@@ -131,19 +172,21 @@ class FedMerge(PollenStrategy):
             return None, None
         clients = [(self.directory.client_of(m.metadata.src_node_id).client_id,
                     self.sent[m.metadata.src_node_id]) for m in valid]
+        received = [array_views(m.content[ARRAYS_KEY]) for m in valid]
         counts = np.array([float(m.content["metrics"][self.weighted_by_key]) for m in valid])
         p = counts / counts.sum()
-        deltas = [{k: theta0[k].astype(np.float64) - v
-                   for k, v in from_array_record(m.content[ARRAYS_KEY]).items()}
-                  for (_, theta0), m in zip(clients, valid)]
         subset = (head_tensor_names(self.thetas[0]) if self.w_tensors == "head"
                   else list(self.thetas[0]))
 
         s_before = np.stack([self.weights_of(cid) for cid, _ in clients])
-        g = np.array([[s_before[a, j] * sum(
-            float(np.sum((theta[k] - theta0[k].astype(np.float64)) * delta[k]))
-            for k in subset) for j, theta in enumerate(self.thetas)]
-            for a, ((_, theta0), delta) in enumerate(zip(clients, deltas))])
+        g = np.zeros((len(valid), len(self.thetas)))
+        for k in subset:  # whole tensors, so np.sum's pairwise order is the tensor's own
+            for a, ((_, theta0), reply) in enumerate(zip(clients, received)):
+                anchor = theta0[k].astype(np.float64)
+                delta = anchor - reply[k]
+                for j, theta in enumerate(self.thetas):
+                    g[a, j] += float(np.sum((theta[k] - anchor) * delta))
+        g = s_before * g
         if np.abs(g).sum() > 0:
             g = g / np.abs(g).sum()
         for (cid, _), step in zip(clients, self._w_step(p, g)):
@@ -152,10 +195,8 @@ class FedMerge(PollenStrategy):
         s_after = np.stack([self.weights_of(cid) for cid, _ in clients])
         mix = p[:, None] * s_after
         mix = mix / mix.sum(axis=0, keepdims=True)
-        self.thetas = [{k: (theta[k] - self.lr_theta * sum(mix[a, j] * deltas[a][k]
-                                                           for a in range(len(deltas))))
-                        .astype(np.float32) for k in theta}
-                       for j, theta in enumerate(self.thetas)]
+        self.thetas = theta_step(self.thetas, [theta0 for _, theta0 in clients], received,
+                                 mix, self.lr_theta)
         self.global_arrays = to_array_record(self.uniform_merge())
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return self.global_arrays, metrics

@@ -32,7 +32,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
+from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.guided.atlas import AtlasEntry, ModelAtlas
@@ -80,7 +80,7 @@ class GuidedMerge(PollenStrategy):
                                            f"keeps {sorted(self.globals)})")
                     continue
                 stamp = int(stamp)
-                tensors = from_array_record(reply.content[ARRAYS_KEY])
+                tensors = array_views(reply.content[ARRAYS_KEY])
                 self.arrivals.append(AtlasEntry(
                     client, stamp, int(reply.content["metrics"][self.weighted_by_key]),
                     {n: tensors[n] - self.globals[stamp][n] for n in tensors}))
