@@ -17,7 +17,7 @@ from pollen.adapters import travelling_state
 from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, to_array_record
 from pollen.seeding import derive_seed
-from pollen.training import evaluate as evaluate_model
+from pollen.training import evaluator_for
 from pollen.training import make_loader
 from pollen.training import train as train_model
 from strategies import method_of
@@ -46,10 +46,11 @@ def train(msg: Message, context: Context) -> Message:
     records = method.before_training(job, msg, model, seed)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
     reset_peak_memory(job.device)
-    result = train_model(model, loader, epochs=config.local_epochs, lr=config.lr,
+    result = train_model(model, loader, epochs=config.local_epochs,
+                         lr=config.round_lr(server_round),
                          device=job.device,
                          proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-                         anchor=anchor, seed=seed)
+                         anchor=anchor, seed=seed, max_steps=config.max_steps)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds,
                             "peak_memory_mb": peak_memory_mb(job.device)})
@@ -63,11 +64,18 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy of the model it was sent on the client's own local test split."""
+    """The model it was sent, on the client's own local test split: loss and accuracy
+    (none for free-form instruct data), and ``eval_<name>`` for further metrics
+    (instruct: perplexity, macro_f1)."""
     job = ClientJob.from_message(msg, context)
     model = job.model_from(msg)
-    loader = make_loader(job.data.test, job.config.batch_size, shuffle=False, seed=0)
+    data = job.data
+    loader = make_loader(data.test, job.config.batch_size, shuffle=False, seed=0)
+    evaluate_model = evaluator_for(data.modality, job.family, data.response_labels,
+                                   job.config.max_new_tokens)
     result = evaluate_model(model, loader, job.device)
     metrics = MetricRecord({"num-examples": result.num_examples, "eval_loss": result.loss,
-                            "eval_accuracy": result.accuracy})
+                            **{f"eval_{k}": v for k, v in result.metrics.items()}})
+    if result.accuracy is not None:
+        metrics["eval_accuracy"] = result.accuracy
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -27,6 +27,8 @@ class ClientData:
     train: datasets.Dataset  # torch format
     test: datasets.Dataset
     num_classes: int
+    modality: str
+    response_labels: tuple[str, ...] = ()  # instruct: the labels are the responses
 
 
 @dataclass(frozen=True)
@@ -87,19 +89,21 @@ class ClientJob:
 def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
                  label_names: tuple[str, ...], family: str) -> ClientData:
     if data_path is not None:
-        if not label_names:
+        if not label_names and config.task != "instruct":
             raise ConfigError("the server sent no label names for this client's data-path")
-        modality, num_classes = "text", len(label_names)
-        check_compatible(family, modality)
-        train, test = client_file_split(data_path, config, label_names)
+        modality = "instruct" if config.task == "instruct" else "text"
+        num_classes = len(label_names)
+        check_compatible(family, modality, config.task)
+        train, test, response_labels = client_file_split(data_path, config, label_names)
     else:
         task = load_task(config)
         modality, num_classes = task.modality, task.num_classes
-        check_compatible(family, modality)
+        response_labels = task.response_labels
+        check_compatible(family, modality, config.task)
         train, test = client_split(task, config, *partition)
     convert = functools.partial(torch_dataset, modality=modality, model_name=family,
                                 max_seq_len=config.max_seq_len)
-    return ClientData(convert(train), convert(test), num_classes)
+    return ClientData(convert(train), convert(test), num_classes, modality, response_labels)
 
 
 @functools.lru_cache(maxsize=3)  # a simulation worker may serve clients of 3 families

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from pollen.errors import ConfigError
 
-MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert", "tiny-bert-w64")
+MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert", "tiny-bert-w64",
+               "smollm2", "tiny-llama")
 # Tiny random BERTs for tests: (hidden size, layers, heads); MiniLM's vocabulary.
 TINY_BERTS = {"tiny-bert": (32, 2, 2), "tiny-bert-w64": (64, 3, 4)}
+# Causal LMs by name; any ``hf:<id>`` or ``.gguf`` path is one too when task = instruct.
+# tiny-llama: a random 2-layer Llama (hidden 64) with SmolLM2's tokenizer, for tests.
+CAUSAL_LMS = ("smollm2", "tiny-llama")
+TASKS = ("classify", "instruct")
 TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 
 
@@ -18,33 +23,60 @@ TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 # random tiny BERTs at AdamW 0.01; pretrained transformers with LoRA at 0.003 (MiniLM on
 # AG News: 0.01 gave 0.397 accuracy after 2 rounds, the majority class; 0.003 is what
 # docs/benchmarks.md's AG News rows use).
-RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32},
-               "tiny-bert": {"lr": 0.01, "batch-size": 32},
-               "tiny-bert-w64": {"lr": 0.01, "batch-size": 32},
-               "pretrained": {"lr": 0.003, "batch-size": 32}}
+# LoRA goes on BERT's query/value projections, and on a Llama-like decoder's q/k/v/o
+# (what FlowerTune and OpenFedLLM adapt). Causal LMs: lr 0.001, batch 8 (LoRA on SmolLM2;
+# bench/llm.py).
+ENCODER_TARGETS, DECODER_TARGETS = "query,value", "q_proj,k_proj,v_proj,o_proj"
+RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32, "lora-target-modules": ENCODER_TARGETS},
+               "tiny-bert": {"lr": 0.01, "batch-size": 32,
+                             "lora-target-modules": ENCODER_TARGETS},
+               "tiny-bert-w64": {"lr": 0.01, "batch-size": 32,
+                                 "lora-target-modules": ENCODER_TARGETS},
+               "pretrained": {"lr": 0.003, "batch-size": 32,
+                              "lora-target-modules": ENCODER_TARGETS},
+               "causal": {"lr": 0.001, "batch-size": 8, "lora-target-modules": DECODER_TARGETS}}
 
 
-def recommended(model_name: str, key: str) -> float | int:
-    """The model's recommended value of ``key``; MiniLM (any depth) and ``hf:`` models
-    share the pretrained transformers' row."""
-    return RECOMMENDED.get(model_name, RECOMMENDED["pretrained"])[key]
+def is_causal(model_name: str, task: str) -> bool:
+    """Whether ``model_name`` is built as a causal LM: the named ones always, ``hf:`` ids
+    and ``.gguf`` paths when the task is instruction tuning."""
+    return model_name in CAUSAL_LMS or (task == "instruct" and (
+        model_name.startswith("hf:") or model_name.endswith(".gguf")))
 
 
-def modality_of(model_name: str) -> str:
-    return "image" if model_name == "cnn" else "text"
+def recommended(model_name: str, key: str, task: str = "classify") -> float | int | str:
+    """The model's recommended value of ``key``; MiniLM (any depth) and ``hf:``
+    classifiers share the pretrained transformers' row, causal LMs theirs."""
+    row = "causal" if is_causal(model_name, task) else model_name
+    return RECOMMENDED.get(row, RECOMMENDED["pretrained"])[key]
+
+
+def modality_of(model_name: str, task: str = "classify") -> str:
+    """What a model takes: 'image' (the CNN), 'text' (a sequence classifier) or
+    'instruct' (a causal LM: prompt and response)."""
+    if model_name == "cnn":
+        return "image"
+    return "instruct" if is_causal(model_name, task) else "text"
 
 
 def check_model_name(key: str, name: str) -> None:
+    if name.endswith(".gguf"):
+        return
     if name.startswith("hf:"):
         if name == "hf:":
             raise ConfigError(f"{key} 'hf:' needs a model id, e.g. hf:bert-base-uncased")
         return
     if name not in MODEL_NAMES:
-        raise ConfigError(f"unknown {key} '{name}'; choose one of: {', '.join(MODEL_NAMES)} "
-                          "or hf:<id>")
+        raise ConfigError(f"unknown {key} '{name}'; choose one of: {', '.join(MODEL_NAMES)}, "
+                          "hf:<id> or a path to a .gguf file")
 
 
-def check_compatible(model_name: str, modality: str) -> None:
-    if modality_of(model_name) != modality:
-        raise ConfigError(f"model '{model_name}' takes {modality_of(model_name)} input but "
-                          f"the dataset holds {modality} examples")
+def check_compatible(model_name: str, modality: str, task: str = "classify") -> None:
+    takes = modality_of(model_name, task)
+    if takes != modality:
+        raise ConfigError(f"model '{model_name}' takes {takes} input but the dataset holds "
+                          f"{modality} examples" + (
+                              "; task 'instruct' needs a causal LM (smollm2, tiny-llama, "
+                              "hf:<id>, a .gguf path)" if modality == "instruct" else
+                              "; a causal LM needs task = 'instruct'" if takes == "instruct"
+                              else ""))

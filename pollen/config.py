@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pollen.catalog import check_model_name, recommended
+from pollen.catalog import TASKS, check_model_name, recommended
 from pollen.errors import ConfigError
 from pollen.settings import (AUTO, Section, Settings, at_least, fraction, key_of, non_empty_list,
                              non_negative, one_of, open_fraction, positive, setting,
@@ -59,14 +60,23 @@ class RunConfig(Settings):
     fraction_train: float = setting(1.0, _sampling_fraction)
     fraction_evaluate: float = setting(1.0, _sampling_fraction)
     local_epochs: int = setting(2, at_least(1))
+    max_steps: int = setting(0, at_least(0))
     lr: float = setting(AUTO, positive, auto=True)
     batch_size: int = setting(AUTO, at_least(1), auto=True)
     seed: int = setting(42)
     output_dir: str = setting("pollen-runs")
     run_name: str = setting("")
+    task: str = setting("classify", one_of(*TASKS))
     dataset: str = setting("digits")
     text_column: str = setting("")
     label_column: str = setting("label")
+    class_names: str = setting("")
+    instruction_column: str = setting("instruction")
+    input_column: str = setting("input")
+    response_column: str = setting("output")
+    max_new_tokens: int = setting(8, at_least(1))
+    lr_schedule: str = setting("constant", one_of("constant", "cosine"))
+    lr_min: float = setting(0.0, non_negative)
     model: str = setting("cnn", check_model_name)
     max_seq_len: int = setting(64, at_least(8))
     partitioner: str = setting("dirichlet", one_of(*PARTITIONER_NAMES))
@@ -76,7 +86,7 @@ class RunConfig(Settings):
     local_test_fraction: float = setting(0.2, open_fraction)
     lora_r: int = setting(8, at_least(1))
     lora_alpha: int = setting(16, at_least(1))
-    lora_target_modules: str = setting("query,value", non_empty_list)
+    lora_target_modules: str = setting(AUTO, non_empty_list, auto=True)
     client_rotation: bool = setting(False)
     server_data_fraction: float = setting(0.0)
     server_data: str = setting("")
@@ -151,7 +161,7 @@ class RunConfig(Settings):
         for f in self._key_fields():
             if f.metadata["auto"] and getattr(self, f.name) == AUTO:
                 key = key_of(f.name)
-                object.__setattr__(self, f.name, recommended(self.model, key))
+                object.__setattr__(self, f.name, recommended(self.model, key, self.task))
                 resolved[key] = self.model
         object.__setattr__(self, "recommended_by", tuple(sorted(resolved.items())))
 
@@ -164,6 +174,20 @@ class RunConfig(Settings):
 
     def to_json(self) -> str:
         return json.dumps(self.to_mapping(), indent=2, sort_keys=True)
+
+    def round_lr(self, server_round: int) -> float:
+        """The clients' learning rate in ``server_round`` (1-based). 'cosine' is
+        FlowerTune's per-round schedule,
+            lr_min + (lr - lr_min) (1 + cos(pi server_round / num_server_rounds)) / 2,
+        which reaches lr_min in the last round."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        phase = math.pi * server_round / self.num_server_rounds
+        return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(phase))
+
+    @property
+    def class_name_list(self) -> list[str]:
+        return split_list(self.class_names)
 
     @property
     def target_modules(self) -> list[str]:
@@ -194,6 +218,9 @@ class RunConfig(Settings):
             raise ConfigError(f"registry-address must be HOST:PORT, got '{self.registry_address}'")
         if not self.output_dir:
             raise ConfigError("output-dir is empty")
+        if self.lr_schedule == "cosine" and self.lr_min >= self.lr:
+            raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
+                              "lr-schedule 'cosine'")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"run-name must be a plain folder name, got '{self.run_name}'")
         self._validate_server_data()

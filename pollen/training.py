@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import functools
+import itertools
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import datasets
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pollen import instruct
 from pollen.device import autocast
 
 TEXT_FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -19,18 +21,19 @@ TEXT_FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 @dataclass(frozen=True)
 class TrainResult:
     loss: float  # mean cross-entropy over all local steps (proximal term excluded)
-    num_examples: int
+    num_examples: int  # the train split's size (FedAvg's weight)
     seconds: float
 
 
 @dataclass(frozen=True)
 class EvalResult:
     loss: float
-    accuracy: float
+    accuracy: float | None  # None: free-form responses, which have no label to match
     num_examples: int
+    # Further metrics by name: instruct's perplexity and macro_f1.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=2)
 def _tokenizer(model_name: str):
     from pollen.models import build_tokenizer
 
@@ -39,10 +42,13 @@ def _tokenizer(model_name: str):
 
 def torch_dataset(split: datasets.Dataset, modality: str, model_name: str,
                   max_seq_len: int) -> datasets.Dataset:
-    """The split in torch format: pixels or tokenised text, plus label."""
+    """The split in torch format: pixels or tokenised text, plus label; for instruct,
+    token ids and response labels (``pollen.instruct.tokenise``)."""
     if modality == "image":
         return split.with_format("torch", columns=["pixels", "label"])
     tokenizer = _tokenizer(model_name)
+    if modality == "instruct":
+        return instruct.tokenise(split, tokenizer, max_seq_len)
     tokenised = split.map(
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_seq_len,
                                 padding="max_length"),
@@ -82,8 +88,10 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor],
 
 def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
           device: torch.device, proximal_mu: float = 0.0,
-          anchor: list[torch.Tensor] | None = None, seed: int = 0) -> TrainResult:
-    """AdamW on the trainable parameters for ``epochs`` passes.
+          anchor: list[torch.Tensor] | None = None, seed: int = 0,
+          max_steps: int = 0) -> TrainResult:
+    """AdamW on the trainable parameters for ``epochs`` passes, or with ``max_steps`` > 0
+    for exactly that many steps (passes repeat as needed; FlowerTune's ``max-steps``).
 
     With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - a||^2 over the trainable
     parameters: a = ``anchor`` (a ``trainable_snapshot``) when given, else the values on
@@ -99,23 +107,39 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
     else:
         anchor = [a.to(device) for a in anchor]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    criterion = nn.CrossEntropyLoss()
-    total_loss, steps, seen = 0.0, 0, 0
+    total_loss, steps = 0.0, 0
     start = time.perf_counter()
-    for _ in range(epochs):
+    for _ in itertools.count() if max_steps else range(epochs):
         for batch in loader:
-            labels = batch["label"].to(device)
             with autocast(device):
-                loss = criterion(logits_of(model, batch, device).float(), labels)
+                loss = batch_loss(model, batch, device)
             objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
             total_loss += loss.item()
             steps += 1
-            seen += len(labels)
-    return TrainResult(total_loss / max(steps, 1), seen // epochs,
+            if steps == max_steps:
+                break
+        if steps == max_steps:
+            break
+    return TrainResult(total_loss / max(steps, 1), len(loader.dataset),
                        time.perf_counter() - start)
+
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+               device: torch.device) -> torch.Tensor:
+    """The training loss of a batch: cross-entropy of the class logits, or for a causal
+    LM's token batch (``labels``) the mean cross-entropy of its response tokens.
+
+    Instruction tuning runs in this loop rather than trl's SFTTrainer: a trainer built
+    per Flower round re-creates its accelerator, optimizer and data pipeline every round,
+    and the proximal terms (FedProx, FedRef, FedMerge) would need a Trainer subclass;
+    the masked labels come from ``pollen.instruct.tokenise``."""
+    if "labels" in batch:
+        return instruct.response_loss(model, batch, device)[0].float()
+    return nn.functional.cross_entropy(logits_of(model, batch, device).float(),
+                                       batch["label"].to(device))
 
 
 @torch.no_grad()
@@ -133,3 +157,27 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Eval
     if count == 0:
         raise ValueError("cannot evaluate on an empty split")
     return EvalResult(total_loss / count, correct / count, count)
+
+
+Evaluate = Callable[[nn.Module, DataLoader, torch.device], EvalResult]
+
+
+def evaluator_for(modality: str, model_name: str, response_labels: tuple[str, ...],
+                  max_new_tokens: int) -> Evaluate:
+    """How a model of ``model_name`` is evaluated: ``evaluate`` for classifiers; for
+    instruct data, the response loss and perplexity, and with ``response_labels``
+    (classification as generation) the exact match and macro-F1 of greedy answers."""
+    if modality != "instruct":
+        return evaluate
+    tokenizer = _tokenizer(model_name)
+
+    def evaluate_instruct(model: nn.Module, loader: DataLoader,
+                          device: torch.device) -> EvalResult:
+        result = instruct.evaluate(model, loader, device, tokenizer, response_labels or None,
+                                   max_new_tokens)
+        metrics = {"perplexity": result.perplexity}
+        if result.macro_f1 is not None:
+            metrics["macro_f1"] = result.macro_f1
+        return EvalResult(result.loss, result.accuracy, result.num_examples, metrics)
+
+    return evaluate_instruct

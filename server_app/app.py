@@ -30,7 +30,7 @@ from pollen.records import LABEL_NAMES_KEY, from_array_record
 from pollen.registry.publisher import RegistryPublisher
 from pollen.seeding import seed_everything
 from pollen.server_data import load_server_data
-from pollen.training import EvalResult, evaluate, make_loader, torch_dataset
+from pollen.training import EvalResult, evaluator_for, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
 from server_app.rounds import run_round
@@ -48,18 +48,20 @@ class ServerEvaluator:
         task = load_task(config)
         self.device = resolve_device(config.device)
         self.method = method_of(config.strategy)
-        self.models, self.loaders = {}, {}
+        self.models, self.loaders, self.evaluators = {}, {}, {}
         for family in config.families:
-            check_compatible(family, task.modality)
+            check_compatible(family, task.modality, config.task)
             self.models[family] = self.method.build_model(config, family,
                                                           task.num_classes).to(self.device)
             test = torch_dataset(task.server_test, task.modality, family, config.max_seq_len)
             self.loaders[family] = make_loader(test, config.batch_size, shuffle=False, seed=0)
+            self.evaluators[family] = evaluator_for(task.modality, family, task.response_labels,
+                                                    config.max_new_tokens)
 
     def evaluate_family(self, family: str, tensors: dict) -> EvalResult:
         """A family's model with ``tensors`` on the server's test split."""
         load_travelling_state(self.models[family], tensors, what=f"global model {family}")
-        return evaluate(self.models[family], self.loaders[family], self.device)
+        return self.evaluators[family](self.models[family], self.loaders[family], self.device)
 
     def __call__(self, strategy) -> dict[str, EvalResult]:
         if self.method.families:
@@ -204,7 +206,9 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     outputs.write_summary({
         "rounds": len(rows),
         "final_eval_accuracy": rows[-1]["eval_accuracy"],
-        "best_eval_accuracy": max(r["eval_accuracy"] for r in rows),
+        "best_eval_accuracy": max((r["eval_accuracy"] for r in rows
+                                   if r["eval_accuracy"] is not None), default=None),
+        "final_eval_loss": rows[-1]["eval_loss"],
         "final_client_accuracy": rows[-1]["client_accuracy"],
         "total_seconds": time.perf_counter() - started,
         "total_bytes_up": sum(r["bytes_up"] for r in rows),
@@ -216,9 +220,13 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         "saved_models": sorted(saved_models),
     })
     outputs.plot()
-    log(INFO, "run finished: final global accuracy %.4f; outputs in %s",
-        rows[-1]["eval_accuracy"], outputs.run_dir)
+    log(INFO, "run finished: final global accuracy %s, loss %.4f; outputs in %s",
+        _shown(rows[-1]["eval_accuracy"]), rows[-1]["eval_loss"], outputs.run_dir)
     return outputs
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def build_server_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:

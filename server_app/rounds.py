@@ -42,9 +42,19 @@ def _failures(strategy: PollenStrategy, phase: str, sent: list[Message],
     return sorted(failures)
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values, or None when there are none (or any is None)."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def _weighted_accuracy(replies: list[Message]) -> float | None:
+    """Example-weighted over the replies that report an accuracy (free-form instruct
+    data has none)."""
     counts = [(int(m.content["metrics"]["num-examples"]),
-               float(m.content["metrics"]["eval_accuracy"])) for m in replies]
+               float(m.content["metrics"]["eval_accuracy"])) for m in replies
+              if "eval_accuracy" in m.content["metrics"]]
     total = sum(n for n, _ in counts)
     return None if total == 0 else sum(n * a for n, a in counts) / total
 
@@ -129,12 +139,14 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
                         + (len(eval_messages) - len(evaluated)),
         "train_loss": _metric(train_metrics, "train_loss"),
         "eval_loss": sum(e.loss for e in server_evals.values()) / len(server_evals),
-        "eval_accuracy": sum(e.accuracy for e in server_evals.values()) / len(server_evals),
+        "eval_accuracy": _mean([e.accuracy for e in server_evals.values()]),
+        **{f"eval_{name}": _mean([e.metrics.get(name) for e in server_evals.values()])
+           for name in next(iter(server_evals.values())).metrics},
         "client_accuracy": _metric(eval_metrics, "eval_accuracy"),
         "client_loss": _metric(eval_metrics, "eval_loss"),
-        "client_accuracy_per_client_mean": (
-            sum(float(m.content["metrics"]["eval_accuracy"]) for m in evaluated) / len(evaluated)
-            if evaluated else None),
+        "client_accuracy_per_client_mean": _mean(
+            [float(m.content["metrics"]["eval_accuracy"]) for m in evaluated
+             if "eval_accuracy" in m.content["metrics"]]),
         # The new global model on the local test splits of the clients that trained in
         # this round, and of those that did not (with client rotation: a forgetting measure).
         "participant_accuracy": _weighted_accuracy(
@@ -160,12 +172,16 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     # Strategy-specific aggregates (e.g. FedRef's objective) go into the row as they are.
     row.update({k: float(v) for k, v in (train_metrics or {}).items()
                 if k not in _CLIENT_TRAIN_KEYS})
-    row.update({k: float(v) for k, v in (eval_metrics or {}).items()
-                if k not in _CLIENT_EVAL_KEYS})
+    # Further client evaluation metrics (instruct: eval_perplexity, eval_macro_f1) as
+    # client_<name>, beside the server's eval_<name>.
+    row.update({("client_" + k.removeprefix("eval_") if k.startswith("eval_") else k): float(v)
+                for k, v in (eval_metrics or {}).items() if k not in _CLIENT_EVAL_KEYS})
     row.update(strategy_fields)
-    log(INFO, "[round %d/%d] global accuracy %.4f (server test) | clients %s | "
+    log(INFO, "[round %d/%d] global accuracy %s, loss %.4f (server test) | clients %s | "
         "train loss %s | %d replies, %d failures | %.1fs", server_round,
-        config.num_server_rounds, row["eval_accuracy"],
+        config.num_server_rounds,
+        "n/a" if row["eval_accuracy"] is None else f"{row['eval_accuracy']:.4f}",
+        row["eval_loss"],
         "n/a" if row["client_accuracy"] is None else f"{row['client_accuracy']:.4f}",
         "n/a" if row["train_loss"] is None else f"{row['train_loss']:.4f}",
         row["num_replies"], row["num_failures"], row["round_seconds"])

@@ -108,9 +108,14 @@ class MethodSpec:
     server_data: bool = False
     server_labels: bool = False
     build_model: ModelBuilder = default_model
+    # Why the method does not run task 'instruct' (empty: it does).
+    not_instruct: str = ""
 
     def check(self, config: RunConfig) -> None:
         """Raise ConfigError if the run's shared keys do not suit this method."""
+        if config.task == "instruct" and self.not_instruct:
+            raise ConfigError(f"strategy '{self.name}' does not run task 'instruct': "
+                              f"{self.not_instruct}")
         if not self.families and (config.model_families or config.family_assignment):
             raise ConfigError(f"model-families and family-assignment are for the strategies "
                               f"that federate several backbones; strategy '{self.name}' runs "

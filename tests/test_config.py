@@ -131,7 +131,8 @@ def test_auto_keys_take_the_model_s_recommendation_and_say_so(tmp_path):
     assert (minilm.lr, minilm.batch_size) == (0.003, 32)
     assert run_config({}).lr == 0.01  # the digits CNN
     chosen = run_config({"model": "minilm", "lr": 0.01})
-    assert chosen.lr == 0.01 and dict(chosen.recommended_by) == {"batch-size": "minilm"}
+    assert chosen.lr == 0.01 and dict(chosen.recommended_by) == {
+        "batch-size": "minilm", "lora-target-modules": "minilm"}
     with pytest.raises(ConfigError, match="lr must be > 0"):
         run_config({"lr": 0.0})
     sources = json.loads((RunOutputs.create(minilm).run_dir / "config-sources.json").read_text())

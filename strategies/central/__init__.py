@@ -12,7 +12,8 @@ def build(setup: ServerSetup) -> Central:
     everything = datasets.concatenate_datasets([data.search, data.holdout])
     return Central(model=setup.model,
                    server_set=torch_dataset(everything, setup.modality, c.model, c.max_seq_len),
-                   epochs=c.local_epochs, lr=c.lr, batch_size=c.batch_size, **setup.common())
+                   epochs=c.local_epochs, max_steps=c.max_steps, round_lr=c.round_lr,
+                   batch_size=c.batch_size, **setup.common())
 
 
 SPEC = MethodSpec("central", build=build, server_data=True, server_labels=True)

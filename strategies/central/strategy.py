@@ -1,9 +1,10 @@
 """The server-only baseline of guided merging's paper: only the server's labeled data D_s.
 
 Each round the server trains the global model on all of D_s (search and held-out parts)
-for ``local-epochs`` passes with the clients' optimiser settings (AdamW, ``lr``,
-``batch-size``); no client trains. Clients still evaluate the new global model on their
-local test splits, so the metrics row is comparable with the federated strategies'.
+for ``local-epochs`` passes (or ``max-steps`` steps) with the clients' optimiser
+settings (AdamW, ``lr`` and its per-round schedule, ``batch-size``); no client trains.
+Clients still evaluate the new global model on their local test splits, so the metrics
+row is comparable with the federated strategies'.
 
 Message contract: the shared one's query and evaluate (``strategies/base.py``); no train
 message is sent.
@@ -11,7 +12,7 @@ message is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from logging import INFO
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -28,16 +29,17 @@ from strategies.base import PollenStrategy
 
 
 class Central(PollenStrategy):
-    def __init__(self, *, model: nn.Module, server_set: Dataset, epochs: int, lr: float,
-                 batch_size: int, **kwargs) -> None:
+    def __init__(self, *, model: nn.Module, server_set: Dataset, epochs: int, max_steps: int,
+                 round_lr: Callable[[int], float], batch_size: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model, self.server_set = model, server_set
-        self.epochs, self.lr, self.batch_size = epochs, lr, batch_size
+        self.epochs, self.max_steps = epochs, max_steps
+        self.round_lr, self.batch_size = round_lr, batch_size
 
     def summary(self) -> None:
         log(INFO, "\t├──> Central (server-only): %d labeled server examples, %d epoch(s) a "
-            "round, lr %g, batch %d; no client trains", len(self.server_set), self.epochs,
-            self.lr, self.batch_size)
+            "round, lr %g in round 1, batch %d; no client trains", len(self.server_set),
+            self.epochs, self.round_lr(1), self.batch_size)
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -53,6 +55,7 @@ class Central(PollenStrategy):
                               what="global model")
         result = train(self.model, make_loader(self.server_set, self.batch_size, shuffle=True,
                                                seed=seed),
-                       epochs=self.epochs, lr=self.lr, device=device, seed=seed)
+                       epochs=self.epochs, lr=self.round_lr(server_round), device=device,
+                       seed=seed, max_steps=self.max_steps)
         self.global_arrays = to_array_record(travelling_state(self.model))
         return self.global_arrays, MetricRecord({"train_loss": result.loss})

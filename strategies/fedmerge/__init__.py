@@ -14,4 +14,7 @@ def build(setup: ServerSetup) -> FedMerge:
         w_tensors=settings.w_tensors, w_step=settings.w_step, **setup.common())
 
 
-SPEC = MethodSpec("fedmerge", config=FedMergeConfig, build=build)
+SPEC = MethodSpec("fedmerge", config=FedMergeConfig, build=build,
+                  not_instruct=("its merging weights W learn from the classifier head "
+                                "(fedmerge.w-tensors = head), which a causal LM's LoRA does not "
+                                "have; FedMerge on LoRA A/B tensors is not built yet"))

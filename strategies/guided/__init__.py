@@ -26,4 +26,7 @@ def build(setup: ServerSetup) -> GuidedMerge:
 
 
 SPEC = MethodSpec("guided", config=GuidedConfig, build=build, client=GuidedClient(),
-                  server_data=True)
+                  server_data=True,
+                  not_instruct=("its coefficient search scores merges by a classifier's loss on "
+                                "the server's data; the response-loss search for causal LMs is not"
+                                " built yet"))

@@ -26,4 +26,5 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
 SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
                   build_model=build_dema_model,
                   build=lambda setup: HeteroTune(use_cmga=setup.config.method.cmga,
-                                                 **family_common(setup)))
+                                                 **family_common(setup)),
+                  not_instruct="its families of SmolLM2 depth are not built yet")

@@ -15,4 +15,8 @@ def build(setup: ServerSetup) -> Mosaic:
 
 
 SPEC = MethodSpec("mosaic", config=MosaicConfig, build=build, client=MosaicClient(),
-                  families=True)
+                  families=True,
+                  not_instruct=("Mosaic's generator synthesises continuous inputs in a "
+                                "classifier's input space, to distil class experts; a causal LM "
+                                "reads discrete tokens and generates text, and the paper (image "
+                                "classification only) defines no such variant"))

@@ -1,0 +1,199 @@
+"""Instruction tuning of causal LMs: prompts, chat-template tokenisation with the loss on
+the response only, and evaluation by response loss, perplexity and exact match.
+
+A table becomes (prompt, response) pairs in one of two ways:
+- instruction data: ``response-column`` holds the response; the prompt is
+  ``instruction-column``, followed by ``input-column`` after a blank line when that column
+  exists and is not empty (Alpaca's columns by default);
+- classification as generation: a table without the response column but with
+  ``label-column``; the prompt asks for one of the label names (``class-names``) and the
+  response is the label's name. Exact-match accuracy and macro-F1 are then read from
+  greedy generation.
+A ``label-column`` in instruction data is kept for partitioning (Dirichlet, pathological).
+
+Each pair goes through the model's own chat template (``apply_chat_template``): the
+prompt as the user turn, the response as the assistant turn. The loss is on the tokens
+after the prompt rendered with ``add_generation_prompt`` (the response and its
+end-of-turn token), found by the prompt's own token length, so any template works as long
+as the rendered prompt is a prefix of the rendered pair (checked).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from logging import WARNING
+
+import datasets
+import pandas as pd
+import torch
+from flwr.common.logger import log
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pollen.errors import ConfigError
+
+IGNORE_INDEX = -100  # label of a token the loss skips (prompt, padding): torch's default
+TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def classification_prompt(text: str, label_names: tuple[str, ...]) -> str:
+    return (f"Classify the text into one of these categories: {', '.join(label_names)}.\n\n"
+            f"Text: {text}\n\nAnswer with the category only.")
+
+
+def instruction_pairs(frame: pd.DataFrame, instruction_column: str, input_column: str,
+                      response_column: str, source: str) -> tuple[list[str], list[str]]:
+    """(prompts, responses) of an instruction table."""
+    columns = [str(c) for c in frame.columns]
+    if instruction_column not in columns:
+        raise ConfigError(f"instruction column '{instruction_column}' not found in {source}; "
+                          f"its columns are: {', '.join(columns)}")
+    if len(frame) == 0:
+        raise ConfigError(f"{source} holds no rows")
+    instructions = frame[instruction_column].astype(str).tolist()
+    inputs = (frame[input_column].fillna("").astype(str).tolist() if input_column in columns
+              else [""] * len(frame))
+    prompts = [f"{i}\n\n{x}" if x.strip() else i for i, x in zip(instructions, inputs)]
+    return prompts, frame[response_column].astype(str).tolist()
+
+
+def is_instruction_table(frame: pd.DataFrame, response_column: str) -> bool:
+    return response_column in [str(c) for c in frame.columns]
+
+
+def tokenise(split: datasets.Dataset, tokenizer, max_seq_len: int) -> datasets.Dataset:
+    """Token ids of prompt + response through the chat template, padded on the right to
+    ``max_seq_len`` (``trimmed`` cuts each batch to its longest row), with ``labels`` =
+    the ids on response tokens and IGNORE_INDEX elsewhere. A pair longer than
+    ``max_seq_len`` is cut at the end; a pair whose prompt alone fills it has no
+    response token and is left out, with a warning that counts them."""
+    pad_id = pad_token_id(tokenizer)
+
+    def encode(row: dict) -> dict:
+        user = [{"role": "user", "content": row["prompt"]}]
+        prompt = _ids(tokenizer, user, add_generation_prompt=True)
+        full = _ids(tokenizer, user + [{"role": "assistant", "content": row["response"]}])
+        if full[:len(prompt)] != prompt:
+            raise ConfigError("the tokenizer's chat template does not render the prompt as a "
+                              "prefix of prompt + response, so the response tokens cannot "
+                              "be found")
+        full = full[:max_seq_len]
+        length, padding = len(full), max_seq_len - len(full)
+        return {"input_ids": full + [pad_id] * padding,
+                "attention_mask": [1] * length + [0] * padding,
+                "labels": ([IGNORE_INDEX] * min(len(prompt), length) + full[len(prompt):]
+                           + [IGNORE_INDEX] * padding),
+                "prompt_length": min(len(prompt), length)}
+
+    encoded = split.map(encode, remove_columns=["prompt", "response"])
+    kept = encoded.filter(lambda row: row["prompt_length"] < max_seq_len)
+    if len(kept) < len(encoded):
+        log(WARNING, "%d of %d examples have a prompt of %d tokens or more (max-seq-len) and "
+            "no response token left: they are left out", len(encoded) - len(kept),
+            len(encoded), max_seq_len)
+    if len(kept) == 0:
+        raise ConfigError(f"every prompt fills max-seq-len = {max_seq_len} tokens: raise it")
+    columns = [*TOKEN_COLUMNS, "prompt_length"] + (["label"] if "label" in kept.column_names
+                                                   else [])
+    return kept.with_format("torch", columns=columns)
+
+
+def _ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+        tokenizer.eos_token_id
+
+
+def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A right-padded batch cut to its longest row (no compute on all-padding columns)."""
+    width = int(batch["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :width] if k in TOKEN_COLUMNS else v for k, v in batch.items()}
+
+
+def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
+                  ) -> tuple[torch.Tensor, int]:
+    """(mean cross-entropy over the batch's response tokens, their count), by the model's
+    own shifted causal-LM loss (transformers ignores IGNORE_INDEX labels)."""
+    batch = trimmed(batch)
+    labels = batch["labels"].to(device)
+    output = model(input_ids=batch["input_ids"].to(device),
+                   attention_mask=batch["attention_mask"].to(device), labels=labels)
+    return output.loss, int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def normalised(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def read_label(answer: str, label_names: tuple[str, ...]) -> int:
+    """The label whose normalised name the normalised answer starts with (the longest such
+    name), or -1 when none does."""
+    answer = normalised(answer)
+    matches = [(len(normalised(n)), i) for i, n in enumerate(label_names)
+               if normalised(n) and (answer == normalised(n)
+                                     or answer.startswith(normalised(n) + " "))]
+    return max(matches)[1] if matches else -1
+
+
+@dataclass(frozen=True)
+class InstructResult:
+    loss: float  # mean cross-entropy per response token
+    accuracy: float | None  # exact match of greedy generation (label-as-response data)
+    num_examples: int
+    macro_f1: float | None = None
+
+    @property
+    def perplexity(self) -> float:
+        import math
+
+        return math.exp(min(self.loss, 50.0))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokenizer,
+             label_names: tuple[str, ...] | None, max_new_tokens: int) -> InstructResult:
+    """Response loss over all response tokens; with ``label_names`` (label-as-response
+    data) also greedy generation of ``max_new_tokens`` from each prompt, read by
+    ``read_label``, scored by exact match and macro-F1 (an unreadable answer is wrong)."""
+    from sklearn.metrics import f1_score
+
+    model.to(device).eval()
+    total, tokens, count, truth, predicted = 0.0, 0, 0, [], []
+    for batch in loader:
+        loss, response_tokens = response_loss(model, batch, device)
+        total += float(loss) * response_tokens
+        tokens += response_tokens
+        count += len(batch["input_ids"])
+        if label_names:
+            truth += batch["label"].tolist()
+            predicted += [read_label(a, label_names) for a in
+                          generate(model, tokenizer, batch, device, max_new_tokens)]
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    if not label_names:
+        return InstructResult(total / max(tokens, 1), None, count)
+    accuracy = sum(t == p for t, p in zip(truth, predicted)) / count
+    f1 = f1_score(truth, predicted, labels=list(range(len(label_names))), average="macro",
+                  zero_division=0.0)
+    return InstructResult(total / max(tokens, 1), accuracy, count, float(f1))
+
+
+def generate(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
+             device: torch.device, max_new_tokens: int) -> list[str]:
+    """Greedy answers to the batch's prompts (its first ``prompt_length`` tokens), left-
+    padded as decoder-only generation needs."""
+    prompts = [ids[:n] for ids, n in zip(batch["input_ids"].tolist(),
+                                         batch["prompt_length"].tolist())]
+    width, pad_id = max(len(p) for p in prompts), pad_token_id(tokenizer)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                            max_new_tokens=max_new_tokens, do_sample=False,
+                            pad_token_id=pad_id)
+    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -1,0 +1,189 @@
+"""Instruction tuning of causal LMs: data, chat-template masking, the response loss,
+reading labels from generation, the config, and whole runs on a tiny random Llama."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from client_app.app import app as client_app
+from pollen.config import ConfigError
+from pollen.data import client_split, load_task
+from pollen.instruct import IGNORE_INDEX, read_label, response_loss
+from pollen.models import build_model, build_tokenizer
+from pollen.training import make_loader, torch_dataset
+from server_app.app import run
+from strategies import run_config
+from tests.localgrid import LocalGrid
+
+TOPIC_NAMES = "Money,Music,Space,Sport"  # the sorted labels: money, music, space, sport
+TINY_LLM = {"task": "instruct", "model": "tiny-llama", "max-seq-len": 96, "lr": 0.01,
+            "local-epochs": 1, "partitioner": "iid", "class-names": TOPIC_NAMES}
+
+
+@pytest.fixture(scope="module")
+def instructions(tmp_path_factory):
+    rows = [{"instruction": f"Add {a} and {b}.", "input": "" if a % 2 else "Show the sum.",
+             "output": str(a + b)} for a in range(20) for b in range(3)]
+    path = tmp_path_factory.mktemp("instruct") / "sums.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_labelled_table_becomes_classification_as_generation(topics_csv):
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    task = load_task(config)
+    assert task.modality == "instruct" and task.response_labels == tuple(TOPIC_NAMES.split(","))
+    row = task.pool[0]
+    assert row["response"] == task.response_labels[row["label"]]
+    assert "Money, Music, Space, Sport" in row["prompt"]
+
+
+def test_instruction_data_keeps_its_pairs_and_needs_iid_without_labels(instructions):
+    config = run_config({**TINY_LLM, "dataset": str(instructions)})
+    task = load_task(config)
+    assert task.label_names == () and task.response_labels == ()
+    prompts = {row["prompt"]: row["response"] for split in (task.pool, task.server_test)
+               for row in split}
+    assert len(prompts) == 60 and len(task.server_test) == 12
+    assert prompts["Add 2 and 1.\n\nShow the sum."] == "3"
+    assert prompts["Add 3 and 1."] == "4"  # an empty input adds nothing
+    with pytest.raises(ConfigError, match="partitioner 'dirichlet' splits by the label"):
+        client_split(task, config.replace(partitioner="dirichlet"), 0, 2)
+
+
+def test_a_table_with_neither_response_nor_label_is_named(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"title": f"t{i}", "body": f"b{i}"}) + "\n"
+                            for i in range(10)))
+    with pytest.raises(ConfigError, match="needs a response column 'output' .* or a label "
+                                          "column 'label'"):
+        load_task(run_config({**TINY_LLM, "dataset": str(path)}))
+
+
+def test_the_loss_masks_exactly_the_prompt_rendered_by_the_chat_template(topics_csv):
+    tokenizer = build_tokenizer("tiny-llama")
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    task = load_task(config)
+    tokens = torch_dataset(task.pool.select(range(4)), "instruct", "tiny-llama", 96)
+    for row, raw in zip(tokens, task.pool.select(range(4))):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": raw["prompt"]}],
+                                               tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        length = int(row["attention_mask"].sum())
+        labels = row["labels"].tolist()
+        assert row["prompt_length"] == len(prompt_ids)
+        assert row["input_ids"][:len(prompt_ids)].tolist() == prompt_ids
+        assert labels[:len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
+        assert labels[len(prompt_ids):length] == row["input_ids"][len(prompt_ids):length].tolist()
+        assert set(labels[length:]) <= {IGNORE_INDEX}
+        answer = tokenizer.decode(row["input_ids"][len(prompt_ids):length])
+        assert answer.startswith(raw["response"]) and "<|im_end|>" in answer
+
+
+def test_the_response_loss_is_the_cross_entropy_of_the_response_tokens_alone(topics_csv):
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    model = build_model(config, 4).eval()
+    tokens = torch_dataset(load_task(config).pool.select(range(3)), "instruct",
+                           "tiny-llama", 96)
+    batch = next(iter(make_loader(tokens, 3, False, 0)))
+    with torch.no_grad():
+        loss, count = response_loss(model, batch, torch.device("cpu"))
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    by_hand, n = 0.0, 0
+    for i in range(3):
+        for t in range(1, batch["input_ids"].shape[1]):
+            if batch["labels"][i, t] != IGNORE_INDEX:  # token t is predicted at t - 1
+                by_hand -= torch.log_softmax(logits[i, t - 1], -1)[batch["labels"][i, t]].item()
+                n += 1
+    assert count == n and n > 0
+    assert float(loss) == pytest.approx(by_hand / n, rel=1e-5)
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("Sport", 3), (" sport.\n", 3), ("SPACE station", 2), ("Sci/Tech", 4), ("sci tech!", 4),
+    ("Sporting", -1), ("The topic is Sport", -1), ("", -1)])
+def test_a_label_is_read_by_normalised_prefix_match(answer, expected):
+    assert read_label(answer, ("Money", "Music", "Space", "Sport", "Sci/Tech")) == expected
+
+
+def test_causal_models_take_their_own_defaults_and_refuse_what_does_not_apply():
+    config = run_config({"task": "instruct", "model": "smollm2"})
+    assert config.lr == 0.001 and config.batch_size == 8
+    assert config.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert run_config({"model": "minilm"}).target_modules == ["query", "value"]
+    with pytest.raises(ConfigError, match="strategy 'mosaic' does not run task 'instruct'"):
+        run_config({"task": "instruct", "model": "tiny-llama", "strategy": "mosaic"})
+
+
+def test_the_cosine_schedule_is_flowertune_s():
+    config = run_config({"lr-schedule": "cosine", "lr": 0.01, "lr-min": 0.001,
+                         "num-server-rounds": 4})
+    lrs = [config.round_lr(r) for r in range(1, 5)]
+    assert lrs[-1] == pytest.approx(0.001)
+    assert lrs[0] == pytest.approx(0.001 + 0.5 * 0.009 * (1 + math.cos(math.pi / 4)))
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ConfigError, match="lr-min .* must be below lr"):
+        run_config({"lr-schedule": "cosine", "lr": 0.001, "lr-min": 0.01})
+
+
+def test_a_causal_lm_with_a_classification_task_is_refused(topics_csv, tmp_path):
+    grid = LocalGrid.simulation(client_app, 2)
+    with pytest.raises(ConfigError, match="a causal LM needs task = 'instruct'"):
+        run(grid, run_config({"model": "tiny-llama", "dataset": str(topics_csv),
+                              "output-dir": str(tmp_path)}))
+    assert not any(m.metadata.message_type == "train" for m in grid.sent)
+
+
+@pytest.mark.slow
+def test_two_fedavg_rounds_of_a_tiny_llama_report_every_instruct_metric(topics_csv, tmp_path):
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "num-server-rounds": 2,
+                         "max-steps": 6,
+                         "output-dir": str(tmp_path), "run-name": "llm",
+                         "lr-schedule": "cosine", "lr-min": 0.005})
+    outputs = run(LocalGrid.simulation(client_app, 2), config)
+    rows = outputs.read_metrics()
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["eval_perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
+        assert 0.0 <= row["eval_accuracy"] <= 1.0 and 0.0 <= row["eval_macro_f1"] <= 1.0
+        # the clients' mean of exp(loss) is at least exp of their mean loss (Jensen)
+        assert math.exp(row["client_loss"]) <= row["client_perplexity"] < math.inf
+    assert rows[1]["eval_loss"] < rows[0]["eval_loss"]  # the response loss falls
+    adapter = outputs.run_dir / "model"
+    assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    from safetensors.numpy import load_file
+
+    saved = load_file(adapter / "adapter_model.safetensors")
+    assert saved and all(("lora_A" in k or "lora_B" in k) for k in saved)
+    assert all(np.isfinite(v).all() for v in saved.values())
+
+
+@pytest.mark.slow
+def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
+    from pollen.training import train
+
+    config = run_config({"task": "instruct", "model": "smollm2", "dataset": str(ag_news),
+                         "class-names": "World,Sports,Business,Sci/Tech", "max-seq-len": 128})
+    model = build_model(config, 4)
+    assert model.peft_config["default"].target_modules == {"q_proj", "k_proj", "v_proj",
+                                                            "o_proj"}
+    examples = torch_dataset(load_task(config).pool.select(range(32)), "instruct", "smollm2",
+                             128)
+    device = torch.device("cpu")
+
+    def loss_on(rows):
+        with torch.no_grad():
+            batch = next(iter(make_loader(examples.select(rows), len(rows), False, 0)))
+            return float(response_loss(model.eval(), batch, device)[0])
+
+    before = loss_on(range(8))
+    result = train(model, make_loader(examples, 4, True, 0), epochs=1, lr=config.lr,
+                   device=device, max_steps=8)
+    assert result.num_examples == len(examples) >= 24  # a prompt over 128 tokens is left out
+    after = loss_on(range(8))
+    print(f"SmolLM2 response loss on 8 trained examples: {before:.4f} -> {after:.4f}")
+    assert after < 0.7 * before
