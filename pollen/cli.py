@@ -1,4 +1,4 @@
-"""``pollen``: the adapter registry from the command line.
+"""``pollen``: the adapter registry, and a run's LLM adapter, from the command line.
 
     pollen registry serve --address 0.0.0.0:9094 --store DIR --token-file FILE \\
         --certfile server.crt --keyfile server.key          (or --insecure, loopback only)
@@ -6,8 +6,14 @@
     pollen adapters fetch --registry HOST:PORT [--client-id X | --family F] [--round N]
         [--run-id RUN] [--model NAME] --out DIR --ca-cert ca.crt | --insecure
 
+    pollen generate --run RUN_DIR --prompt "..." [--max-new-tokens 64]
+    pollen export   --run RUN_DIR --merged OUT
+
 ``fetch`` writes a peft-format folder (``PeftModel.from_pretrained`` loads it); run again
-after an interruption, it resumes the transfer from where it stopped.
+after an interruption, it resumes the transfer from where it stopped. ``generate`` loads a
+task=instruct run's base model and final adapter and prints the greedy answer to the
+prompt (through the model's chat template); ``export`` writes base + adapter merged
+(peft's ``merge_and_unload``) as a transformers model folder, with the tokenizer.
 """
 
 from __future__ import annotations
@@ -80,6 +86,54 @@ def _fetch(args) -> None:
           f"{f', resumed at byte {result.resumed_from}' if result.resumed_from else ''})")
 
 
+def _run_model(run_dir: Path):
+    """The run's base model with its final adapter, the tokenizer, and the run config
+    (its shared keys: generation needs no method)."""
+    import json
+
+    from peft import PeftModel
+
+    from pollen.config import RunConfig
+    from pollen.models import build_backbone, build_tokenizer
+
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{run_dir} is not a Pollen run folder (no config.json)")
+    values = json.loads(config_file.read_text())
+    config = RunConfig.from_mapping({k: v for k, v in values.items() if "." not in k})
+    if config.task != "instruct":
+        raise ValueError(f"run {run_dir.name} fine-tuned a classifier (task "
+                         f"'{config.task}'); generate and export need task 'instruct'")
+    if not (run_dir / "model" / "adapter_config.json").is_file():
+        raise ValueError(f"{run_dir} holds no final adapter (model/adapter_config.json): "
+                         "did the run finish?")
+    base = build_backbone(config.model, 0, config.seed, config.task)
+    return PeftModel.from_pretrained(base, run_dir / "model"), build_tokenizer(config.model)
+
+
+def _generate(args) -> None:
+    import torch
+
+    from pollen.device import resolve_device
+    from pollen.instruct import generate, prompt_ids
+
+    device = resolve_device(args.device)
+    model, tokenizer = _run_model(Path(args.run_dir))
+    ids = prompt_ids(tokenizer, args.prompt)
+    batch = {"input_ids": torch.tensor([ids]), "prompt_length": torch.tensor([len(ids)])}
+    with torch.no_grad():
+        print(generate(model.to(device).eval(), tokenizer, batch, device,
+                       args.max_new_tokens)[0])
+
+
+def _export(args) -> None:
+    model, tokenizer = _run_model(Path(args.run_dir))
+    out = Path(args.merged)
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"wrote the merged model (base + adapter, transformers format) to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pollen", description=__doc__.splitlines()[0])
     groups = parser.add_subparsers(dest="group", required=True)
@@ -109,6 +163,16 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--model", default="", help="the base model this machine runs")
             command.add_argument("--seed", type=int, default=42)
             command.add_argument("--out", required=True)
+    generate = groups.add_parser("generate", help="answer a prompt with a run's LLM adapter")
+    generate.add_argument("--run", dest="run_dir", required=True, help="the run folder")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=64)
+    generate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    generate.set_defaults(run=_generate)
+    export = groups.add_parser("export", help="write a run's LLM with its adapter merged in")
+    export.add_argument("--run", dest="run_dir", required=True, help="the run folder")
+    export.add_argument("--merged", required=True, help="the output folder")
+    export.set_defaults(run=_export)
     args = parser.parse_args(argv)
     try:
         args.run(args)

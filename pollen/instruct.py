@@ -71,9 +71,9 @@ def tokenise(split: datasets.Dataset, tokenizer, max_seq_len: int) -> datasets.D
     pad_id = pad_token_id(tokenizer)
 
     def encode(row: dict) -> dict:
-        user = [{"role": "user", "content": row["prompt"]}]
-        prompt = _ids(tokenizer, user, add_generation_prompt=True)
-        full = _ids(tokenizer, user + [{"role": "assistant", "content": row["response"]}])
+        prompt = prompt_ids(tokenizer, row["prompt"])
+        full = _ids(tokenizer, [{"role": "user", "content": row["prompt"]},
+                                {"role": "assistant", "content": row["response"]}])
         if full[:len(prompt)] != prompt:
             raise ConfigError("the tokenizer's chat template does not render the prompt as a "
                               "prefix of prompt + response, so the response tokens cannot "
@@ -97,6 +97,11 @@ def tokenise(split: datasets.Dataset, tokenizer, max_seq_len: int) -> datasets.D
     columns = [*TOKEN_COLUMNS, "prompt_length"] + (["label"] if "label" in kept.column_names
                                                    else [])
     return kept.with_format("torch", columns=columns)
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt as the user turn, rendered up to where the assistant's answer begins."""
+    return _ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def _ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:

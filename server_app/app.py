@@ -137,6 +137,11 @@ def resumed_config(requested: RunConfig, run_dir: Path) -> RunConfig:
                           + "; ".join(f"{key} (run: {before.get(key)!r}, asked: {asked[key]!r})"
                                       for key in refused)
                           + f"; only {', '.join(RESUMABLE_CHANGES)} may change on resume")
+    if stored.lr_schedule == "cosine" and "num-server-rounds" in asked:
+        raise ConfigError(f"resume: the run's lr-schedule 'cosine' spans its "
+                          f"{stored.num_server_rounds} rounds; with num-server-rounds = "
+                          f"{asked['num-server-rounds']} its past rounds would have had "
+                          "other learning rates, so it cannot be extended")
     return run_config({**before, **asked})
 
 
@@ -190,15 +195,15 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         if (server_round % config.checkpoint_every == 0
                 or server_round == config.num_server_rounds):
             save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)
+        if config.task == "instruct":  # an LLM run keeps each round's adapter, as peft saves it
+            _save_models({f"adapters/round-{server_round}": strategy.final_models()["model"]},
+                         strategy, evaluator, outputs.run_dir)
         log(INFO, "%s", progress.step(f"round {server_round} of {config.num_server_rounds}"))
 
     if publisher is not None:
         publisher.close()
     saved_models = strategy.final_models()
-    for folder, tensors in saved_models.items():
-        model = evaluator.models[strategy.model_family(folder) or next(iter(evaluator.models))]
-        load_travelling_state(model, tensors, what=f"final model {folder}")
-        save_final_model(model, outputs.run_dir / folder)
+    _save_models(saved_models, strategy, evaluator, outputs.run_dir)
     rows = outputs.read_metrics()
     parameters = {family: {"travelling": int(sum(a.size for a in travelling_state(m).values())),
                            "model": int(sum(p.numel() for p in m.parameters()))}
@@ -223,6 +228,16 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     log(INFO, "run finished: final global accuracy %s, loss %.4f; outputs in %s",
         _shown(rows[-1]["eval_accuracy"]), rows[-1]["eval_loss"], outputs.run_dir)
     return outputs
+
+
+def _save_models(models: dict[str, dict], strategy: PollenStrategy, evaluator: ServerEvaluator,
+                 run_dir: Path) -> None:
+    """Each model (folder relative to the run folder -> travelling tensors) in its model's
+    own format (``save_final_model``)."""
+    for folder, tensors in models.items():
+        model = evaluator.models[strategy.model_family(folder) or next(iter(evaluator.models))]
+        load_travelling_state(model, tensors, what=f"model {folder}")
+        save_final_model(model, run_dir / folder)
 
 
 def _shown(value: float | None) -> str:

@@ -27,7 +27,7 @@ from tests.deployment import (
     write_topics,
 )
 
-TINY_JOB = ("model='tiny-bert' lr=0.05 local-epochs=4 max-seq-len=16 num-server-rounds=2 "
+TINY_JOB = ("model='tiny-bert' lr=0.05 local-epochs=1 max-seq-len=16 num-server-rounds=2 "
             "min-clients=2")
 
 
@@ -62,14 +62,14 @@ def _check_strangers_are_refused(link):
     stranger = link.started.start("stranger", supernode_command(
         link.certs / "ca.crt", link.fleet_port, link.certs / "node-3",
         {"client-id": "eve", "data-path": str(link.folder / "bob.csv")}, free_port())
-        + ["--max-retries", "2", "--max-wait-time", "20"])
+        + ["--max-retries", "2", "--max-wait-time", "5"])
     assert stranger.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in link.started.log("stranger")
     # ... and one without the deployment's CA cannot even connect.
     no_ca = link.started.start("no-ca", supernode_command(
         None, link.fleet_port, None,
         {"client-id": "mallory", "data-path": str(link.folder / "bob.csv")}, free_port())
-        + ["--max-retries", "2", "--max-wait-time", "20"])
+        + ["--max-retries", "2", "--max-wait-time", "5"])
     assert no_ca.wait(timeout=120) != 0
     assert "CERTIFICATE_VERIFY_FAILED" in link.started.log("no-ca")
 

@@ -139,7 +139,8 @@ def test_a_causal_lm_with_a_classification_task_is_refused(topics_csv, tmp_path)
 
 
 @pytest.mark.slow
-def test_two_fedavg_rounds_of_a_tiny_llama_report_every_instruct_metric(topics_csv, tmp_path):
+def test_two_fedavg_rounds_of_a_tiny_llama_report_every_instruct_metric(topics_csv, tmp_path,
+                                                                       capsys):
     config = run_config({**TINY_LLM, "dataset": str(topics_csv), "num-server-rounds": 2,
                          "max-steps": 6,
                          "output-dir": str(tmp_path), "run-name": "llm",
@@ -160,6 +161,11 @@ def test_two_fedavg_rounds_of_a_tiny_llama_report_every_instruct_metric(topics_c
     saved = load_file(adapter / "adapter_model.safetensors")
     assert saved and all(("lora_A" in k or "lora_B" in k) for k in saved)
     assert all(np.isfinite(v).all() for v in saved.values())
+    last_round = load_file(outputs.run_dir / "adapters" / "round-2" / "adapter_model.safetensors")
+    assert last_round.keys() == saved.keys()
+    assert all(np.array_equal(last_round[k], saved[k]) for k in saved)
+    assert (outputs.run_dir / "adapters" / "round-1" / "adapter_config.json").is_file()
+    check_generate_and_export(outputs.run_dir, config.seed, tmp_path, capsys)
 
 
 @pytest.mark.slow
@@ -171,7 +177,7 @@ def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
     model = build_model(config, 4)
     assert model.peft_config["default"].target_modules == {"q_proj", "k_proj", "v_proj",
                                                             "o_proj"}
-    examples = torch_dataset(load_task(config).pool.select(range(32)), "instruct", "smollm2",
+    examples = torch_dataset(load_task(config).pool.select(range(20)), "instruct", "smollm2",
                              128)
     device = torch.device("cpu")
 
@@ -180,10 +186,47 @@ def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
             batch = next(iter(make_loader(examples.select(rows), len(rows), False, 0)))
             return float(response_loss(model.eval(), batch, device)[0])
 
-    before = loss_on(range(8))
+    before = loss_on(range(4))
     result = train(model, make_loader(examples, 4, True, 0), epochs=1, lr=config.lr,
-                   device=device, max_steps=8)
-    assert result.num_examples == len(examples) >= 24  # a prompt over 128 tokens is left out
-    after = loss_on(range(8))
-    print(f"SmolLM2 response loss on 8 trained examples: {before:.4f} -> {after:.4f}")
+                   device=device, max_steps=4)
+    assert result.num_examples == len(examples) >= 14  # a prompt over 128 tokens is left out
+    after = loss_on(range(4))
+    print(f"SmolLM2 response loss on 4 trained examples: {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before
+
+
+def check_generate_and_export(run_dir, seed, tmp_path, capsys):
+    """`pollen generate` answers with the run's final adapter exactly as greedy generation
+    from the merged export does, and the export is the base with the adapter merged in."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pollen.cli import main
+    from pollen.instruct import generate, prompt_ids
+    from pollen.models import build_backbone
+
+    main(["generate", "--run", str(run_dir), "--prompt", "Hi", "--max-new-tokens", "5",
+          "--device", "cpu"])
+    answer = capsys.readouterr().out[:-1]  # print's newline
+    main(["export", "--run", str(run_dir), "--merged", str(tmp_path / "merged")])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    tokenizer = build_tokenizer("tiny-llama")
+    ids = prompt_ids(tokenizer, "Hi")
+    batch = {"input_ids": torch.tensor([ids]), "prompt_length": torch.tensor([len(ids)])}
+    adapted = PeftModel.from_pretrained(build_backbone("tiny-llama", 0, seed),
+                                        run_dir / "model").eval()
+    base = build_backbone("tiny-llama", 0, seed).eval()
+    inputs = torch.tensor([ids])
+    with torch.no_grad():
+        assert generate(merged, tokenizer, batch, torch.device("cpu"), 5)[0] == answer
+        merged_logits = merged(input_ids=inputs).logits
+        assert torch.allclose(merged_logits, adapted(input_ids=inputs).logits, atol=1e-4)
+        assert not torch.allclose(merged_logits, base(input_ids=inputs).logits, atol=1e-3)
+
+
+def test_generate_refuses_a_classifier_run(tmp_path):
+    from pollen.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps({"task": "classify"}))
+    with pytest.raises(SystemExit, match="fine-tuned a classifier"):
+        main(["generate", "--run", str(tmp_path), "--prompt", "Hi"])

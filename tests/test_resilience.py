@@ -39,10 +39,10 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-# The two methods with the most state besides the global model (per-client merge weights
-# and global models; the atlas and past globals); FedRef's window and FedAvg are resumed
-# bit for bit in process by test_a_run_extended_on_resume_equals_an_uninterrupted_one.
-@pytest.mark.parametrize("strategy", ["fedmerge", "guided"])
+# The method with the most state besides the global model (per-client merge weights and
+# global models); guided's atlas, FedRef's window and an LLM run are resumed bit for bit
+# in process by test_a_run_extended_on_resume_equals_an_uninterrupted_one.
+@pytest.mark.parametrize("strategy", ["fedmerge"])
 def test_a_run_killed_with_sigkill_resumes_to_identical_results(tmp_path, strategy):
     common = {"strategy": strategy, "num-server-rounds": 8, "output-dir": str(tmp_path),
               "fraction-train": 0.75}
@@ -98,16 +98,29 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
         run(LocalGrid.simulation(client_app, 2), RunConfig(resume=str(tmp_path / "nowhere")))
 
 
+EXTENDED_RUNS = {
+    "fedref": {"strategy": "fedref"},  # its window of past globals
+    "guided": {"strategy": "guided", "server-data-fraction": 0.1},  # its atlas
+    "llm": {"task": "instruct", "model": "tiny-llama", "max-seq-len": 96, "max-steps": 2,
+            "partitioner": "iid", "server-test-fraction": 0.05, "local-test-fraction": 0.05,
+            "fraction-evaluate": 0.5},
+}
+
+
 @pytest.mark.slow  # eight rounds in all
-def test_a_run_extended_on_resume_equals_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("case", list(EXTENDED_RUNS))
+def test_a_run_extended_on_resume_equals_an_uninterrupted_one(tmp_path, topics_csv, case):
     """2 rounds, then resume with num-server-rounds = 4: the same rows and the same
-    final state as 4 rounds in one go (the issue's 2 + 2 = 4)."""
-    common = {"strategy": "fedref", "fraction-train": 0.5, "output-dir": str(tmp_path)}
-    whole = run(LocalGrid.simulation(client_app, 4),
+    final state as 4 rounds in one go (the issue's 2 + 2 = 4); for an LLM run too."""
+    common = {**EXTENDED_RUNS[case], "fraction-train": 0.5, "output-dir": str(tmp_path)}
+    clients = 4
+    if case == "llm":
+        common["dataset"], clients = str(topics_csv), 2
+    whole = run(LocalGrid.simulation(client_app, clients),
                 run_config({**common, "num-server-rounds": 4, "run-name": "whole"}))
-    short = run(LocalGrid.simulation(client_app, 4),
+    short = run(LocalGrid.simulation(client_app, clients),
                 run_config({**common, "num-server-rounds": 2, "run-name": "parts"}))
-    extended = run(LocalGrid.simulation(client_app, 4),
+    extended = run(LocalGrid.simulation(client_app, clients),
                    run_config({"num-server-rounds": 4, "resume": str(short.run_dir)}))
     assert extended.run_dir == short.run_dir
 
@@ -134,6 +147,12 @@ def test_resuming_with_a_changed_key_names_each_one(tmp_path):
             run_config({**resume, "seed": 8, "local-epochs": 3}))
     with pytest.raises(ConfigError, match="has 2 rounds already, more than num-server-rounds"):
         run(LocalGrid.simulation(client_app, 3), run_config({**resume, "num-server-rounds": 1}))
+    cosine = run(LocalGrid.simulation(client_app, 3),
+                 run_config({"num-server-rounds": 1, "output-dir": str(tmp_path),
+                             "run-name": "c", "lr-schedule": "cosine", "lr-min": 0.001}))
+    with pytest.raises(ConfigError, match="lr-schedule 'cosine' spans its 1 rounds"):
+        run(LocalGrid.simulation(client_app, 3),
+            run_config({"resume": str(cosine.run_dir), "num-server-rounds": 2}))
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -152,8 +171,8 @@ def test_a_failing_client_never_stops_the_run(tmp_path, fault):
         reason = "non-finite" if fault == "nan" else "has shape (1,)"
         assert all(len(r["rejections"]) == 1 and reason in r["rejections"][0] for r in rows)
     expected = {"raise": "train: client 0 failed: RuntimeError: injected failure",
-                "slow": "train: client 0 sent no reply within 0.9s",
-                "vanish": "train: client 0 sent no reply within 0.9s"}
+                "slow": "train: client 0 sent no reply within 1.8s",
+                "vanish": "train: client 0 sent no reply within 1.8s"}
     if fault in expected:
         assert rows[0]["failures"] == [expected[fault]]
     if fault == "vanish":  # gone for good: no more messages go to it
