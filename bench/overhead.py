@@ -169,8 +169,9 @@ def run(quick: bool, out_dir: Path) -> Path:
     for label, setting, names, client_counts in settings:
         for n in client_counts:
             grid = LocalGrid.simulation(_describe(100, model), num_nodes=n)
-            # median of 9 where a repeat takes milliseconds, of 3 at 1,000 clients
-            repeats = 1 if setting.parameters > 1e6 else 9 if n <= 100 else 3
+            # median of 9 where a repeat takes milliseconds, of 3 at 1,000 clients (and in
+            # the quick smoke run)
+            repeats = 1 if setting.parameters > 1e6 else 9 if n <= 100 and not quick else 3
             flower, floor = _time_flower(setting, grid, repeats)
             for name in names:
                 configure, seconds = _time_strategy(setting, name, grid,

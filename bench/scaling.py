@@ -7,7 +7,7 @@ The job: digits, the CNN, IID split, FedAvg, 3 rounds, every client trains and
 evaluates each round. Peak RSS is the largest sum, sampled every 0.2 s, of the resident
 memory of this process and all its descendants (Ray's GCS, raylet and workers). Round 1
 includes Ray's workers importing torch, so the steady state is the mean of the later
-rounds. --quick: 10 and 20 clients, 2 rounds. Expected duration on 2 CPU cores: about
+rounds. --quick: 4 and 8 clients, 2 rounds. Expected duration on 2 CPU cores: about
 4 minutes; --quick 1.5.
 """
 
@@ -55,7 +55,7 @@ class PeakRss:
 
 
 def run(quick: bool, out_dir: Path) -> Path:
-    counts, rounds = ((10, 20), 2) if quick else ((10, 50, 100), 3)
+    counts, rounds = ((4, 8), 2) if quick else ((10, 50, 100), 3)
     progress = Progress(len(counts), "scaling")
     results = []
     for n in counts:

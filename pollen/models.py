@@ -103,8 +103,6 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
                    task: str = "classify") -> nn.Module:
     """The model without adapters: what ``PeftModel.from_pretrained`` is given as base."""
     torch.manual_seed(derive_seed(seed, "model-init", model_name))
-    if is_causal(model_name, task):
-        return build_causal_lm(model_name, seed)
     if model_name == "cnn":
         return DigitsCNN(num_classes)
     from transformers import (
@@ -115,7 +113,9 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # also GGUF's de-quantisation bar, in every worker
+    if is_causal(model_name, task):
+        return build_causal_lm(model_name, seed)
     if model_name in TRUNCATED_MINILM_LAYERS:
         return AutoModelForSequenceClassification.from_pretrained(
             minilm_dir(), num_labels=num_classes,
