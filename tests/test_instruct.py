@@ -230,3 +230,17 @@ def test_generate_refuses_a_classifier_run(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"task": "classify"}))
     with pytest.raises(SystemExit, match="fine-tuned a classifier"):
         main(["generate", "--run", str(tmp_path), "--prompt", "Hi"])
+
+
+def test_a_free_form_instruction_run_reports_loss_and_no_accuracy(instructions, tmp_path):
+    config = run_config({**TINY_LLM, "dataset": str(instructions), "num-server-rounds": 1,
+                         "max-steps": 1, "output-dir": str(tmp_path), "run-name": "sums"})
+    outputs = run(LocalGrid.simulation(client_app, 2), config)
+    row = outputs.read_metrics()[0]
+    assert row["eval_accuracy"] is None and row["client_accuracy"] is None
+    assert "eval_macro_f1" not in row and "client_macro_f1" not in row
+    assert row["eval_perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
+    summary = json.loads((outputs.run_dir / "summary.json").read_text())
+    assert summary["final_eval_accuracy"] is None and summary["best_eval_accuracy"] is None
+    assert summary["final_eval_loss"] == row["eval_loss"]
+    assert (outputs.run_dir / "plot.png").stat().st_size > 1000
