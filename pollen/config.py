@@ -37,7 +37,7 @@ __all__ = ["AUTO", "ConfigError", "RunConfig", "Section", "setting", "at_least",
            "non_negative", "one_of", "fraction", "open_fraction", "non_empty_list",
            "split_list"]
 
-PARTITIONER_NAMES = ("iid", "dirichlet", "pathological")
+PARTITIONER_NAMES = ("iid", "dirichlet", "pathological", "natural-id")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")  # pollen.wire.ENCODINGS
@@ -82,6 +82,7 @@ class RunConfig(Settings):
     partitioner: str = setting("dirichlet", one_of(*PARTITIONER_NAMES))
     dirichlet_alpha: float = setting(0.5, positive)
     pathological_classes: int = setting(2, at_least(1))
+    partition_column: str = setting("")
     server_test_fraction: float = setting(0.2, open_fraction)
     local_test_fraction: float = setting(0.2, open_fraction)
     lora_r: int = setting(8, at_least(1))
@@ -221,6 +222,10 @@ class RunConfig(Settings):
         if self.lr_schedule == "cosine" and self.lr_min >= self.lr:
             raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
                               "lr-schedule 'cosine'")
+        if (self.partitioner == "natural-id") != bool(self.partition_column):
+            raise ConfigError("partitioner 'natural-id' and partition-column go together: "
+                              f"got partitioner '{self.partitioner}' and partition-column "
+                              f"'{self.partition_column}'")
         if "/" in self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"run-name must be a plain folder name, got '{self.run_name}'")
         self._validate_server_data()

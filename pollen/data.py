@@ -9,7 +9,10 @@ of the config: the server and every client compute the same one independently.
 2. Hybrid setting (``server-data-fraction`` > 0): a stratified share of the rest is the
    server's own training data, held out before partitioning (``pollen.server_data``
    turns it into D_s); no client sees it.
-3. The rest, the pool, is partitioned with a flwr-datasets partitioner.
+3. The rest, the pool, is partitioned with a flwr-datasets partitioner: IID, Dirichlet
+   or pathological over the label, or ``natural-id``: one client per value of the
+   ``partition-column`` (flwr-datasets' NaturalIdPartitioner, values in sorted order, so
+   the federation needs exactly as many supernodes as the pool has values).
 4. Each partition is split into the client's local train and test splits; with
    ``client-label-noise``, the train split of each noisy client has that share of its
    labels flipped to another class (``noisy_clients`` says which clients).
@@ -19,7 +22,8 @@ into local train and test, its labels mapped to the class names of the server's 
 Columns of table files (.csv, .tsv, .jsonl, .parquet):
 - label: the ``label-column`` key (default ``label``).
 - text: the ``text-column`` key, several names joined by commas; when empty, a ``text``
-  column if there is one, else every other column, joined with ". " in file order.
+  column if there is one, else every other column (but ``partition-column``), joined
+  with ". " in file order.
 - A .csv/.tsv file has a header row when its first row contains the label column's name.
   Otherwise, if ``label-column`` is left at its default, it is read without a header: the
   first column is the label and the others are text (the layout of the AG News files).
@@ -36,6 +40,7 @@ a label column (for partitioning), modality "instruct".
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import random
 from dataclasses import dataclass
@@ -47,6 +52,7 @@ import pandas as pd
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
+    NaturalIdPartitioner,
     PathologicalPartitioner,
 )
 from flwr_datasets.partitioner.partitioner import Partitioner
@@ -59,6 +65,7 @@ datasets.disable_progress_bars()
 
 DEFAULT_LABEL_COLUMN = RunConfig.label_column
 MIN_CLIENT_EXAMPLES = 2  # one for the local train split, one for the local test split
+NATURAL_ID = "natural_id"  # the partition column's values, as strings
 
 
 @dataclass(frozen=True)
@@ -72,12 +79,14 @@ class Columns:
     instruction: str
     input: str
     response: str
+    partition: str  # natural-id partitioning: the column kept as ``NATURAL_ID``; or ""
 
     @classmethod
     def of(cls, config: RunConfig) -> Columns:
         return cls(config.task, config.text_column, config.label_column,
                    tuple(config.class_name_list), config.instruction_column,
-                   config.input_column, config.response_column)
+                   config.input_column, config.response_column,
+                   config.partition_column if config.partitioner == "natural-id" else "")
 
 
 @dataclass(frozen=True)
@@ -146,7 +155,21 @@ def build_table(frame: pd.DataFrame, columns: Columns, source: str,
                 label_names: tuple[str, ...] | None = None
                 ) -> tuple[datasets.Dataset, tuple[str, ...]]:
     """The dataset of a table for the run's task, and the display names of the labels
-    when they are the responses (classification as generation; else ())."""
+    when they are the responses (classification as generation; else ()); with a
+    partition column, its values as strings in ``NATURAL_ID``."""
+    frame.columns = [str(c) for c in frame.columns]
+    table, response_labels = _task_table(frame, columns, source, label_names)
+    if not columns.partition:
+        return table, response_labels
+    if columns.partition not in frame.columns:
+        raise ConfigError(f"partition-column '{columns.partition}' not found in {source}; "
+                          f"its columns are: {', '.join(frame.columns)}")
+    return table.add_column(NATURAL_ID, frame[columns.partition].astype(str).tolist()), \
+        response_labels
+
+
+def _task_table(frame: pd.DataFrame, columns: Columns, source: str,
+                label_names: tuple[str, ...] | None) -> tuple[datasets.Dataset, tuple[str, ...]]:
     if columns.task == "instruct" and instruct.is_instruction_table(frame, columns.response):
         prompts, responses = instruct.instruction_pairs(frame, columns.instruction,
                                                         columns.input, columns.response,
@@ -162,7 +185,8 @@ def build_table(frame: pd.DataFrame, columns: Columns, source: str,
                           f"(instruction data) or a label column '{columns.label}' "
                           f"(classification as generation) in {source}; its columns are: "
                           f"{', '.join(str(c) for c in frame.columns)}")
-    table = normalise_table(frame, columns.text, columns.label, source, label_names)
+    table = normalise_table(frame, columns.text, columns.label, source, label_names,
+                            columns.partition)
     names = display_names(columns, tuple(table.features["label"].names))
     if columns.task != "instruct":
         return table, ()
@@ -193,14 +217,14 @@ def client_split(task: TaskData, config: RunConfig, partition_id: int,
     check_enough_examples(task, num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    if config.partitioner != "iid" and not task.label_names:
+    if config.partitioner in LABEL_PARTITIONERS and not task.label_names:
         raise ConfigError(f"partitioner '{config.partitioner}' splits by the label column "
                           f"'{config.label_column}', which dataset '{config.dataset}' does not "
                           "have: use partitioner='iid' or name a label column")
     if config.client_label_noise > 0 and task.modality == "instruct":
         raise ConfigError("client-label-noise flips classifier labels; it is not defined "
                           "for task 'instruct'")
-    partitioner = build_partitioner(config, num_partitions, task.num_classes)
+    partitioner = build_partitioner(config, num_partitions, task.num_classes, task.pool)
     partitioner.dataset = task.pool
     partition = partitioner.load_partition(partition_id)
     if len(partition) < MIN_CLIENT_EXAMPLES:
@@ -245,7 +269,7 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
                       ) -> tuple[datasets.Dataset, datasets.Dataset, tuple[str, ...]]:
     """The local (train, test) splits of a client that brings its own file (deployment:
     node config ``data-path``), its labels mapped to the run's ``label_names``."""
-    file = Path(path).expanduser()
+    file = Path(path).expanduser()  # the client's own data: no partitioner, no partition column
     if file.suffix.lower() not in TABLE_SUFFIXES or not file.is_file():
         raise ConfigError(f"data-path {file} is not a {'/'.join(TABLE_SUFFIXES)} file that "
                           "exists on this client")
@@ -253,7 +277,7 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
         raise ConfigError("client-label-noise corrupts partitions of the run's dataset in "
                           "simulation; a client with its own data-path uses its labels as "
                           "they are: set client-label-noise = 0")
-    columns = Columns.of(config)
+    columns = dataclasses.replace(Columns.of(config), partition="")
     table, response_labels = build_table(
         read_table(file, config.label_column, (columns.response, columns.instruction)),
         columns, str(file), label_names or None)
@@ -272,9 +296,22 @@ def check_enough_examples(task: TaskData, num_clients: int) -> None:
         )
 
 
-def build_partitioner(config: RunConfig, num_partitions: int, num_classes: int) -> Partitioner:
+LABEL_PARTITIONERS = ("dirichlet", "pathological")
+
+
+def build_partitioner(config: RunConfig, num_partitions: int, num_classes: int,
+                      pool: datasets.Dataset) -> Partitioner:
     if config.partitioner == "iid":
         return IidPartitioner(num_partitions=num_partitions)
+    if config.partitioner == "natural-id":
+        ids = pool.unique(NATURAL_ID)
+        if len(ids) != num_partitions:
+            raise ConfigError(
+                f"partition-column '{config.partition_column}' has {len(ids)} distinct "
+                f"value(s) in the training pool (after the server's held-out shares) but the "
+                f"federation has {num_partitions} clients: natural-id partitioning gives "
+                "each value one client, so run that many supernodes")
+        return NaturalIdPartitioner(partition_by=NATURAL_ID)
     if config.partitioner == "dirichlet":
         return DirichletPartitioner(
             num_partitions=num_partitions, partition_by="label",
@@ -345,7 +382,8 @@ def read_table(path: Path, label_column: str, header_names: tuple[str, ...] = ()
 
 
 def normalise_table(frame: pd.DataFrame, text_column: str, label_column: str, source: str,
-               label_names: tuple[str, ...] | None = None) -> datasets.Dataset:
+                    label_names: tuple[str, ...] | None = None,
+                    partition_column: str = "") -> datasets.Dataset:
     """Reduce a table to (text, label) with labels mapped to 0..C-1: in sorted order, or
     to their position in ``label_names`` when the run's labels are already known."""
     columns = [str(c) for c in frame.columns]
@@ -353,13 +391,13 @@ def normalise_table(frame: pd.DataFrame, text_column: str, label_column: str, so
     if label_column not in columns:
         raise ConfigError(f"label column '{label_column}' not found in {source}; "
                           f"its columns are: {', '.join(columns)}")
-    text = text_of(frame, text_column, label_column, source)
+    text = text_of(frame, text_column, label_column, source, partition_column)
     return _labels_to_dataset(text, _raw_labels(frame, label_column), label_column, source,
                               label_names)
 
 
 def text_of(frame: pd.DataFrame, text_column: str, label_column: str,
-            source: str) -> pd.Series:
+            source: str, partition_column: str = "") -> pd.Series:
     """One string per row, from the table's text columns (see "Columns" above)."""
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -372,7 +410,7 @@ def text_of(frame: pd.DataFrame, text_column: str, label_column: str,
     elif "text" in columns and label_column != "text":
         text_columns = ["text"]
     else:
-        text_columns = [c for c in columns if c != label_column]
+        text_columns = [c for c in columns if c not in (label_column, partition_column)]
     if not text_columns:
         raise ConfigError(f"{source} has no text column besides label '{label_column}'")
     if len(frame) == 0:

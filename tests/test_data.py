@@ -108,3 +108,49 @@ def test_an_unreachable_hub_model_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model 'hf:pollen-test/absent' could not be loaded"):
         build_backbone("hf:pollen-test/absent", 2, seed=0)
+
+
+def _sites_table(tmp_path, suffix="jsonl"):
+    """Three hospitals (site), two labels, site names not in sorted order of rows."""
+    import pandas as pd
+
+    sites = ["north", "east", "west"]
+    frame = pd.DataFrame({"site": [sites[i % 3] for i in range(60)],
+                          "label": [i % 2 for i in range(60)],
+                          "note": [f"note {i}" for i in range(60)]})
+    path = tmp_path / f"sites.{suffix}"
+    frame.to_json(path, orient="records", lines=True)
+    return path, frame
+
+
+def test_natural_id_gives_each_value_of_the_partition_column_one_client(tmp_path):
+    path, frame = _sites_table(tmp_path)
+    config = RunConfig(dataset=str(path), model="tiny-bert", partitioner="natural-id",
+                       partition_column="site")
+    task = load_task(config)
+    assert "site" not in " ".join(task.pool["text"])  # not a text column
+    by_note = dict(zip(frame["note"], frame["site"]))
+    seen = []
+    for pid, site in enumerate(["east", "north", "west"]):  # sorted values
+        train, test = client_split(task, config, pid, 3)
+        texts = list(train["text"]) + list(test["text"])
+        assert {by_note[t] for t in texts} == {site}
+        seen += texts
+    assert sorted(seen) == sorted(task.pool["text"])
+    with pytest.raises(ConfigError, match="3 distinct value\\(s\\).*federation has 4 clients"):
+        client_split(task, config, 0, 4)
+
+
+def test_natural_id_works_for_instruction_tuning_and_its_column_is_checked(tmp_path):
+    path, frame = _sites_table(tmp_path)
+    config = RunConfig(dataset=str(path), model="tiny-llama", task="instruct",
+                       partitioner="natural-id", partition_column="site", max_seq_len=96)
+    train, test = client_split(load_task(config), config, 2, 3)
+    notes = {row["prompt"].split("note ")[-1].split()[0] for row in [*train, *test]}
+    assert {frame["site"][int(n.rstrip(".:"))] for n in notes} == {"west"}
+    with pytest.raises(ConfigError, match="partition-column 'ward' not found.*site"):
+        load_task(config.replace(partition_column="ward"))
+    with pytest.raises(ConfigError, match="partitioner 'natural-id' and partition-column go"):
+        RunConfig(partitioner="natural-id")
+    with pytest.raises(ConfigError, match="partition-column go together"):
+        RunConfig(partition_column="site")
