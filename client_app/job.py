@@ -14,7 +14,7 @@ from pollen.adapters import load_travelling_state
 from pollen.catalog import check_compatible
 from pollen.config import RunConfig
 from pollen.data import client_file_split, client_split, load_task
-from pollen.device import resolve_device
+from pollen.device import node_device
 from pollen.errors import ConfigError
 from pollen.families import family_of
 from pollen.records import ARRAYS_KEY, LABEL_NAMES_KEY, from_array_record
@@ -55,7 +55,7 @@ class ClientJob:
         label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config
         node_model = str(node["model"]) if "model" in node else None
-        device = resolve_device(str(node.get("device", config.device)))
+        device = node_device(config, str(node["device"]) if "device" in node else None)
         if "data-path" in node:
             if "client-id" not in node:
                 raise ConfigError("a client with data-path needs a client-id in its node "

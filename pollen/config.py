@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pollen.catalog import TASKS, check_model_name, recommended
+from pollen.catalog import TASKS, check_model_name, is_causal, recommended
 from pollen.errors import ConfigError
 from pollen.settings import (AUTO, Section, Settings, at_least, fraction, key_of, non_empty_list,
                              non_negative, one_of, open_fraction, positive, setting,
@@ -79,6 +79,9 @@ class RunConfig(Settings):
     lr_min: float = setting(0.0, non_negative)
     model: str = setting("cnn", check_model_name)
     max_seq_len: int = setting(64, at_least(8))
+    gradient_checkpointing: bool = setting(False)
+    bf16: bool = setting(False)
+    load_in_4bit: bool = setting(False)
     partitioner: str = setting("dirichlet", one_of(*PARTITIONER_NAMES))
     dirichlet_alpha: float = setting(0.5, positive)
     pathological_classes: int = setting(2, at_least(1))
@@ -222,6 +225,18 @@ class RunConfig(Settings):
         if self.lr_schedule == "cosine" and self.lr_min >= self.lr:
             raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
                               "lr-schedule 'cosine'")
+        if self.gradient_checkpointing and self.model == "cnn":
+            raise ConfigError("gradient-checkpointing recomputes transformer layers; model "
+                              "'cnn' has none")
+        low_precision = [k for k, on in (("bf16", self.bf16), ("load-in-4bit", self.load_in_4bit))
+                         if on]
+        if low_precision and not is_causal(self.model, self.task):
+            raise ConfigError(f"{' and '.join(low_precision)} store(s) a causal LM's frozen "
+                              f"weights in low precision (task 'instruct'); model "
+                              f"'{self.model}' with task '{self.task}' is not one")
+        if self.bf16 and self.load_in_4bit:
+            raise ConfigError("bf16 and load-in-4bit both set the frozen weights' format: "
+                              "choose one (4-bit weights already compute in bfloat16)")
         if (self.partitioner == "natural-id") != bool(self.partition_column):
             raise ConfigError("partitioner 'natural-id' and partition-column go together: "
                               f"got partitioner '{self.partitioner}' and partition-column "

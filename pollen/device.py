@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import torch
 
+from pollen.config import RunConfig
 from pollen.errors import ConfigError
 
 
@@ -18,6 +20,22 @@ def resolve_device(requested: str) -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device '{requested}'; choose auto, cpu or cuda")
     return torch.device(requested)
+
+
+def node_device(config: RunConfig, requested: str | None = None) -> torch.device:
+    """The device a node runs ``config`` on: its own ``requested`` device (a node
+    config's), else the run's; the keys that need CUDA are checked here, before any
+    model is built, because each node resolves "auto" on its own hardware."""
+    device = resolve_device(requested or config.device)
+    cuda_only = [key for key, on in (("bf16", config.bf16),
+                                     ("load-in-4bit", config.load_in_4bit)) if on]
+    if cuda_only and device.type != "cuda":
+        raise ConfigError(f"{' and '.join(cuda_only)} need(s) CUDA but this node runs on "
+                          f"{device.type}: set it false here (the base model then stays "
+                          "float32)")
+    if config.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("load-in-4bit needs bitsandbytes: pip install bitsandbytes")
+    return device
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,34 +54,66 @@ def gguf_file(model_name: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class WeightFormat:
+    """How a causal LM's frozen weights are stored: float32 (the default), bfloat16
+    (``bf16``) or 4-bit NF4 through bitsandbytes (``load-in-4bit``; QLoRA's format,
+    computing in bfloat16). The low-precision formats are CUDA only (``pollen.device``)."""
+
+    bf16: bool = False
+    load_in_4bit: bool = False
+
+    @classmethod
+    def of(cls, config: RunConfig) -> WeightFormat:
+        return cls(config.bf16, config.load_in_4bit)
+
+    def from_pretrained_kwargs(self) -> dict:
+        if self.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            return {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.bfloat16)}
+        return {"dtype": torch.bfloat16} if self.bf16 else {}
+
+
+FLOAT32 = WeightFormat()
+
+
 @functools.lru_cache(maxsize=2)
-def _loaded_causal_lm(model_name: str) -> nn.Module:
+def _loaded_causal_lm(model_name: str, weights: WeightFormat) -> nn.Module:
     """A causal LM as loaded (GGUF dequantised to float32: about 24 s for SmolLM2 on 2
-    cores), once per process; builders hand out copies."""
+    cores, then cast or quantised to ``weights``), once per process; builders hand out
+    copies."""
     from transformers import AutoModelForCausalLM
 
+    kwargs = weights.from_pretrained_kwargs()
     if model_name.startswith("hf:"):
         try:
-            return AutoModelForCausalLM.from_pretrained(model_name[3:])
+            return AutoModelForCausalLM.from_pretrained(model_name[3:], **kwargs)
         except (OSError, ValueError) as error:
             raise ConfigError(f"model '{model_name}' could not be loaded (is the Hugging "
                               f"Face Hub reachable?): {error}") from error
     path = gguf_file(model_name)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
 
 
-def build_causal_lm(model_name: str, seed: int) -> nn.Module:
+def build_causal_lm(model_name: str, seed: int, weights: WeightFormat = FLOAT32) -> nn.Module:
     if model_name == "tiny-llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
+        if weights.load_in_4bit:
+            raise ConfigError("load-in-4bit quantises pretrained weights; tiny-llama is a "
+                              "random test model built in memory")
         hidden, layers, heads, kv_heads = TINY_LLAMA
         torch.manual_seed(derive_seed(seed, "model-init", model_name))
-        return LlamaForCausalLM(LlamaConfig(
+        model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(build_tokenizer(model_name)), hidden_size=hidden,
             intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=heads, num_key_value_heads=kv_heads,
             max_position_embeddings=2048, tie_word_embeddings=True))
-    return copy.deepcopy(_loaded_causal_lm(model_name))
+        return model.to(torch.bfloat16) if weights.bf16 else model
+    return copy.deepcopy(_loaded_causal_lm(model_name, weights))
 
 
 class DigitsCNN(nn.Module):
@@ -100,8 +133,10 @@ class DigitsCNN(nn.Module):
 
 
 def build_backbone(model_name: str, num_classes: int, seed: int,
-                   task: str = "classify") -> nn.Module:
-    """The model without adapters: what ``PeftModel.from_pretrained`` is given as base."""
+                   task: str = "classify", weights: WeightFormat = FLOAT32) -> nn.Module:
+    """The model without adapters: what ``PeftModel.from_pretrained`` is given as base
+    (``pollen generate`` and ``export`` use the float32 base whatever the run trained
+    on: QLoRA's usual merge)."""
     torch.manual_seed(derive_seed(seed, "model-init", model_name))
     if model_name == "cnn":
         return DigitsCNN(num_classes)
@@ -115,7 +150,7 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # also GGUF's de-quantisation bar, in every worker
     if is_causal(model_name, task):
-        return build_causal_lm(model_name, seed)
+        return build_causal_lm(model_name, seed, weights)
     if model_name in TRUNCATED_MINILM_LAYERS:
         return AutoModelForSequenceClassification.from_pretrained(
             minilm_dir(), num_labels=num_classes,
@@ -152,11 +187,30 @@ def build_tokenizer(model_name: str):
     return AutoTokenizer.from_pretrained(source)
 
 
+def prepare_for_training(backbone: nn.Module, config: RunConfig) -> nn.Module:
+    """The memory keys, before adapters go in: a 4-bit base through peft's
+    ``prepare_model_for_kbit_training`` (float32 norms, input gradients), and
+    ``gradient-checkpointing`` as transformers' non-reentrant checkpointing, which needs
+    no gradient on the frozen embeddings' output."""
+    non_reentrant = {"use_reentrant": False}
+    if config.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            backbone, use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs=non_reentrant)
+    if config.gradient_checkpointing:
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+    return backbone
+
+
 def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
-    """LoRA on ``lora-target-modules``; SEQ_CLS makes peft train and save the classifier,
-    CAUSAL_LM trains the adapters alone (the LM head stays frozen)."""
+    """LoRA on ``lora-target-modules`` (after ``prepare_for_training``); SEQ_CLS makes
+    peft train and save the classifier, CAUSAL_LM trains the adapters alone (the LM head
+    stays frozen)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    backbone = prepare_for_training(backbone, config)
     task_type = (TaskType.CAUSAL_LM if is_causal(config.model, config.task)
                  else TaskType.SEQ_CLS)
     lora = LoraConfig(task_type=task_type, r=config.lora_r,
@@ -171,7 +225,8 @@ def wrap_lora(backbone: nn.Module, config: RunConfig) -> nn.Module:
 
 def build_model(config: RunConfig, num_classes: int) -> nn.Module:
     """The trainable model: the CNN as is, transformers wrapped with peft LoRA."""
-    backbone = build_backbone(config.model, num_classes, config.seed, config.task)
+    backbone = build_backbone(config.model, num_classes, config.seed, config.task,
+                              WeightFormat.of(config))
     if modality_of(config.model) == "image":
         return backbone
     return wrap_lora(backbone, config)

@@ -23,7 +23,7 @@ from pollen.adapters import load_travelling_state, save_final_model, travelling_
 from pollen.catalog import check_compatible
 from pollen.config import RunConfig
 from pollen.data import check_enough_examples, load_task
-from pollen.device import resolve_device
+from pollen.device import node_device
 from pollen.errors import ConfigError
 from pollen.progress import Progress
 from pollen.records import LABEL_NAMES_KEY, from_array_record
@@ -46,7 +46,7 @@ class ServerEvaluator:
 
     def __init__(self, config: RunConfig) -> None:
         task = load_task(config)
-        self.device = resolve_device(config.device)
+        self.device = node_device(config)
         self.method = method_of(config.strategy)
         self.models, self.loaders, self.evaluators = {}, {}, {}
         for family in config.families:

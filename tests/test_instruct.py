@@ -244,3 +244,54 @@ def test_a_free_form_instruction_run_reports_loss_and_no_accuracy(instructions, 
     assert summary["final_eval_accuracy"] is None and summary["best_eval_accuracy"] is None
     assert summary["final_eval_loss"] == row["eval_loss"]
     assert (outputs.run_dir / "plot.png").stat().st_size > 1000
+
+
+def _saved_bytes_and_grads(config, batch):
+    """How many tensors autograd keeps outside checkpointed regions in one forward (each
+    decoder layer keeps only its input when checkpointed), the loss, and the trainable
+    gradients after backward."""
+    from pollen.training import batch_loss
+
+    model = build_model(config, 0).train()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = batch_loss(model, batch, torch.device("cpu"))
+    loss.backward()
+    return len(saved), loss.item(), {n: p.grad for n, p in model.named_parameters()
+                                     if p.requires_grad}
+
+
+def test_gradient_checkpointing_keeps_less_and_computes_the_same_gradients():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (4, 48))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.where(torch.arange(48) < 20, IGNORE_INDEX, ids)}
+    plain = run_config({**TINY_LLM, "dataset": "x.csv"})
+    kept, loss, grads = _saved_bytes_and_grads(plain, batch)
+    kept_ckpt, loss_ckpt, grads_ckpt = _saved_bytes_and_grads(
+        plain.replace(gradient_checkpointing=True), batch)
+    assert kept_ckpt < kept / 4  # measured: 12 of 89
+    assert loss_ckpt == loss
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad)
+
+
+def test_low_precision_weights_are_refused_on_cpu_and_for_classifiers():
+    from pollen.device import node_device
+
+    llm = run_config({**TINY_LLM, "dataset": "x.csv"})
+    for key in ("bf16", "load-in-4bit"):
+        with pytest.raises(ConfigError, match=f"{key} need\\(s\\) CUDA but this node runs on cpu"):
+            node_device(run_config({**TINY_LLM, "dataset": "x.csv", key: True}), "cpu")
+        with pytest.raises(ConfigError, match=f"{key} store\\(s\\) a causal LM's frozen"):
+            run_config({"model": "tiny-bert", key: True})
+    assert node_device(llm, "cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="choose one"):
+        run_config({**TINY_LLM, "bf16": True, "load-in-4bit": True})
+    with pytest.raises(ConfigError, match="gradient-checkpointing recomputes"):
+        run_config({"model": "cnn", "gradient-checkpointing": True})

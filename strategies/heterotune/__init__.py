@@ -5,7 +5,7 @@ from torch import nn
 from pollen.config import RunConfig
 from pollen.dema import inject_dema
 from pollen.errors import ConfigError
-from pollen.models import build_backbone
+from pollen.models import build_backbone, prepare_for_training
 from strategies.fedavg_per_family import family_common
 from strategies.heterotune.config import HeteroTuneConfig
 from strategies.heterotune.strategy import HeteroTune
@@ -16,7 +16,7 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
     """The family's backbone with DeMA injected (``pollen.dema``)."""
     if family == "cnn":
         raise ConfigError("heterotune adapts transformer encoders; 'cnn' has no encoder layers")
-    backbone = build_backbone(family, num_classes, config.seed)
+    backbone = prepare_for_training(build_backbone(family, num_classes, config.seed), config)
     try:
         return inject_dema(backbone, config.method.dema(config.seed), family)
     except ConfigError as error:  # the only input check inside: the target modules
