@@ -269,7 +269,7 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
                       ) -> tuple[datasets.Dataset, datasets.Dataset, tuple[str, ...]]:
     """The local (train, test) splits of a client that brings its own file (deployment:
     node config ``data-path``), its labels mapped to the run's ``label_names``."""
-    file = Path(path).expanduser()  # the client's own data: no partitioner, no partition column
+    file = Path(path).expanduser()
     if file.suffix.lower() not in TABLE_SUFFIXES or not file.is_file():
         raise ConfigError(f"data-path {file} is not a {'/'.join(TABLE_SUFFIXES)} file that "
                           "exists on this client")
@@ -277,15 +277,23 @@ def client_file_split(path: str, config: RunConfig, label_names: tuple[str, ...]
         raise ConfigError("client-label-noise corrupts partitions of the run's dataset in "
                           "simulation; a client with its own data-path uses its labels as "
                           "they are: set client-label-noise = 0")
-    columns = dataclasses.replace(Columns.of(config), partition="")
-    table, response_labels = build_table(
-        read_table(file, config.label_column, (columns.response, columns.instruction)),
-        columns, str(file), label_names or None)
+    table, response_labels = read_own_table(file, config, label_names)
     if len(table) < MIN_CLIENT_EXAMPLES:
         raise ConfigError(f"data-path {file} holds {len(table)} example(s); a client needs "
                           f"at least {MIN_CLIENT_EXAMPLES}")
     split = table.train_test_split(test_size=config.local_test_fraction, seed=config.seed)
     return split["train"], split["test"], response_labels
+
+
+def read_own_table(file: Path, config: RunConfig, label_names: tuple[str, ...]
+                   ) -> tuple[datasets.Dataset, tuple[str, ...]]:
+    """A table file other than the run's dataset (a client's ``data-path``, the server's
+    ``server-data``), read like it for the run's task, its labels mapped to the run's
+    ``label_names`` when there are any; nothing is partitioned, so no partition column."""
+    columns = dataclasses.replace(Columns.of(config), partition="")
+    return build_table(read_table(file, config.label_column, (columns.response,
+                                                                columns.instruction)),
+                       columns, str(file), label_names or None)
 
 
 def check_enough_examples(task: TaskData, num_clients: int) -> None:

@@ -121,14 +121,17 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :width] if k in TOKEN_COLUMNS else v for k, v in batch.items()}
 
 
-def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device
-                  ) -> tuple[torch.Tensor, int]:
+def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                  params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over the batch's response tokens, their count), by the model's
-    own shifted causal-LM loss (transformers ignores IGNORE_INDEX labels)."""
+    own shifted causal-LM loss (transformers ignores IGNORE_INDEX labels); with
+    ``params``, through ``torch.func.functional_call`` with those tensors in place."""
     batch = trimmed(batch)
     labels = batch["labels"].to(device)
-    output = model(input_ids=batch["input_ids"].to(device),
-                   attention_mask=batch["attention_mask"].to(device), labels=labels)
+    inputs = {"input_ids": batch["input_ids"].to(device),
+              "attention_mask": batch["attention_mask"].to(device), "labels": labels}
+    output = (model(**inputs) if params is None
+              else torch.func.functional_call(model, params, args=(), kwargs=inputs))
     return output.loss, int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 

@@ -10,6 +10,8 @@ Where it comes from (``server-data``):
 - a path to a table file (text datasets): the file, read like the dataset's own files. It
   is labeled when it has the label column (labels must be among the run's classes) and
   unlabeled otherwise (a .csv/.tsv then needs a header row naming its text column).
+  With ``task = instruct`` it becomes (prompt, response) pairs like the dataset (its
+  responses are its labels).
 
 ``server-data-labeled`` says which loss the server uses on D_s: cross-entropy (true) or
 entropy minimisation (false); true with an unlabeled file is an error. D_s is split into
@@ -26,7 +28,7 @@ import datasets
 import numpy as np
 
 from pollen.config import DIGITS_SHIFTED, ConfigError, RunConfig
-from pollen.data import TaskData, normalise_table, read_table, text_of
+from pollen.data import TaskData, normalise_table, read_own_table, read_table, text_of
 from pollen.seeding import derive_seed
 
 UNLABELED = -1  # label value of every example of an unlabeled server set
@@ -55,7 +57,10 @@ def _load_server_data(config: RunConfig, task: TaskData) -> ServerData:
         raise ConfigError("this run holds no server data: set server-data-fraction in (0, 1) "
                           "or server-data to a file")
     file = config.server_data_file
-    if file is not None:
+    if file is not None and task.modality == "instruct":
+        table, source, has_labels = read_own_table(file, config, task.label_names)[0], \
+            str(file), True
+    elif file is not None:
         if task.modality != "text":
             raise ConfigError(f"server-data file {file} holds text but dataset "
                               f"'{config.dataset}' holds {task.modality} examples")

@@ -295,3 +295,52 @@ def test_low_precision_weights_are_refused_on_cpu_and_for_classifiers():
         run_config({**TINY_LLM, "bf16": True, "load-in-4bit": True})
     with pytest.raises(ConfigError, match="gradient-checkpointing recomputes"):
         run_config({"model": "cnn", "gradient-checkpointing": True})
+
+
+def test_guided_searches_merges_by_the_response_loss(topics_csv):
+    from pollen.adapters import load_travelling_state, travelling_state
+    from strategies.guided.coefficient_search import CoefficientSearch
+
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    model = build_model(config, 0)
+    tokens = torch_dataset(load_task(config).pool.select(range(12)), "instruct",
+                           "tiny-llama", config.max_seq_len)
+    search = CoefficientSearch(model, tokens.select(range(8)), tokens.select(range(8, 12)),
+                               loss="ce", granularity="vector", steps=3, lr=0.1,
+                               batch_size=3, device=torch.device("cpu"))
+    base = travelling_state(model)
+    rng = np.random.default_rng(0)
+    updates = [{k: rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in base.items()}
+               for _ in range(2)]
+    outcome = search.merge(base, updates, [1, 3], seed=0)
+    assert outcome.holdout_accuracy_average is None and outcome.holdout_accuracy_searched is None
+    # The start is the plain average, and L_s is its mean cross-entropy per response token.
+    load_travelling_state(model, outcome.plain_average, what="plain average")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in make_loader(tokens.select(range(8)), 3, False, 0):
+            loss, response_tokens = response_loss(model.eval(), batch, torch.device("cpu"))
+            total, count = total + loss.item() * response_tokens, count + response_tokens
+    assert outcome.search_loss_before == pytest.approx(total / count, rel=1e-5)
+    assert outcome.search_loss_after < outcome.search_loss_before
+
+
+@pytest.mark.slow
+def test_a_guided_instruct_run_searches_on_the_server_s_own_instruction_file(topics_csv,
+                                                                             tmp_path):
+    from pollen.server_data import load_server_data
+
+    server_file = tmp_path / "server.csv"
+    server_file.write_text("\n".join(topics_csv.read_text().splitlines()[:41]) + "\n")
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "guided",
+                         "server-data": str(server_file), "num-server-rounds": 1,
+                         "max-steps": 3, "server-test-fraction": 0.05, "max-new-tokens": 2,
+                         "fraction-evaluate": 0.5, "guided.search-steps": 4,
+                         "output-dir": str(tmp_path), "run-name": "g"})
+    held = load_server_data(config, load_task(config))
+    assert len(held) == 40 and held.search[0]["response"] in TOPIC_NAMES.split(",")
+    row = run(LocalGrid.simulation(client_app, 2), config).read_metrics()[-1]
+    assert row["num_replies"] == 2 and row["guided_atlas_size"] == 2
+    assert row["guided_search_loss_after"] < row["guided_search_loss_before"]
+    assert row["guided_holdout_accuracy_average"] is None
+    assert 0.0 <= row["eval_accuracy"] <= 1.0

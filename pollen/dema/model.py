@@ -1,7 +1,8 @@
-"""DeMA injected into a transformers encoder.
+"""DeMA injected into a transformers model.
 
 Every target linear layer (``DemaConfig.target_modules``, matched on the last part of
-its name) inside ``encoder.layer.<l>`` of an L-layer backbone becomes a ``DemaLinear``
+its name) inside ``encoder.layer.<l>`` (BERT-like encoders) or ``layers.<l>`` (Llama-like
+decoders) of an L-layer backbone becomes a ``DemaLinear``
 that uses bank floor(l * B / L) of its module: layers at the same relative depth share
 experts, whatever the depth of the backbone.
 
@@ -27,7 +28,7 @@ from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
 
 SHARED_PREFIX = "banks."
-_LAYER_INDEX = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
 class DemaModel(nn.Module):
@@ -58,7 +59,7 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
     missing = set(config.target_modules) - {name.rsplit(".", 1)[-1] for name, _ in targets}
     if missing:
         raise ConfigError(f"DeMA target modules {sorted(missing)} are not linear layers of "
-                          f"the encoder layers of '{family}'")
+                          f"the transformer layers of '{family}'")
     for parameter in backbone.parameters():
         parameter.requires_grad = False
     torch.manual_seed(derive_seed(config.seed, "dema", family))

@@ -1,5 +1,6 @@
 """Guided model merging for hybrid data (Zhu et al., arXiv 2503.20138)."""
 
+from pollen.errors import ConfigError
 from pollen.training import torch_dataset
 from strategies.guided.atlas import ModelAtlas
 from strategies.guided.client import GuidedClient
@@ -11,6 +12,10 @@ from strategies.spec import MethodSpec, ServerSetup
 
 def build(setup: ServerSetup) -> GuidedMerge:
     c, settings, data = setup.config, setup.config.method, setup.server_data
+
+    if setup.modality == "instruct" and not data.labeled:
+        raise ConfigError("guided on task 'instruct' searches by the response loss, which "
+                          "needs the server's responses: set server-data-labeled = true")
 
     def convert(split):
         return torch_dataset(split, setup.modality, c.model, c.max_seq_len)
@@ -26,7 +31,4 @@ def build(setup: ServerSetup) -> GuidedMerge:
 
 
 SPEC = MethodSpec("guided", config=GuidedConfig, build=build, client=GuidedClient(),
-                  server_data=True,
-                  not_instruct=("its coefficient search scores merges by a classifier's loss on "
-                                "the server's data; the response-loss search for causal LMs is not"
-                                " built yet"))
+                  server_data=True)

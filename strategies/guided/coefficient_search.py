@@ -12,7 +12,11 @@ global w:
     fallback      on the held-out part of D_s, keep w(c*) only if its loss is below the
                   plain average's; otherwise the plain average is the new global.
 
-L_s is cross-entropy when D_s is labeled. Without labels (``guided.unlabeled-loss``):
+L_s is cross-entropy when D_s is labeled; for a causal LM (task instruct) it is the response
+loss, the mean cross-entropy of D_s's response tokens with the prompts masked as in the
+clients' training (a batch's mean weighted by its response tokens), and no accuracy is
+reported (greedy generation at every evaluation would cost more than the search).
+Without labels (``guided.unlabeled-loss``):
 - ``entropy``: the mean prediction entropy E[H(p(x))], entropy minimisation, methods.md's
   reading of the paper's surrogate loss. Measured here (docs/benchmarks/guided-digits.md,
   setting b) it collapses: scaling the coefficients up makes every prediction confident
@@ -43,6 +47,7 @@ from torch.nn import functional as F
 
 from pollen.adapters import travelling_module_names
 from pollen.device import autocast
+from pollen.instruct import response_loss
 from pollen.training import logits_of, make_loader
 
 Tensors = dict[str, np.ndarray]
@@ -117,10 +122,7 @@ class CoefficientSearch:
             loss_before = self._mean_loss(merged_params(coefficients), self.search_set)[0]
         optimizer = torch.optim.Adam([coefficients], lr=self.lr)
         for batch in self._batches(seed):
-            with autocast(self.device):
-                logits = logits_of(self.model, batch, self.device,
-                                   merged_params(coefficients)).float()
-            loss = server_loss(logits, batch["label"].to(self.device), self.loss)
+            loss = self._batch_loss(batch, merged_params(coefficients))[0]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -175,16 +177,30 @@ class CoefficientSearch:
                 done += 1
             epoch += 1
 
+    def _batch_loss(self, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, int, int | None]:
+        """L_s of a batch, the count it is a mean over (examples, or an instruct batch's
+        response tokens), and a classifier's correct predictions."""
+        with autocast(self.device):
+            if "labels" in batch:
+                loss, response_tokens = response_loss(self.model, batch, self.device, params)
+                return loss.float(), response_tokens, None
+            logits = logits_of(self.model, batch, self.device, params).float()
+        labels = batch["label"].to(self.device)
+        return (server_loss(logits, labels, self.loss), len(labels),
+                int((logits.argmax(dim=-1) == labels).sum()))
+
     def _mean_loss(self, params: dict[str, torch.Tensor], split: datasets.Dataset
                    ) -> tuple[float, float | None]:
-        """Mean L_s over a split's batches, weighted by their sizes (and the accuracy when
-        labeled), one pass, no gradients."""
-        total, correct, count = 0.0, 0, 0
+        """Mean L_s over a split's batches, weighted by their counts (and the accuracy when
+        labeled, for classifiers), one pass, no gradients."""
+        total, count, correct, examples = 0.0, 0, 0, 0
         for batch in make_loader(split, self.batch_size, shuffle=False, seed=0):
-            labels = batch["label"].to(self.device)
-            with autocast(self.device):
-                logits = logits_of(self.model, batch, self.device, params).float()
-            total += server_loss(logits, labels, self.loss).item() * len(labels)
-            correct += (logits.argmax(dim=-1) == labels).sum().item()
-            count += len(labels)
-        return total / count, (correct / count if self.loss == "ce" else None)
+            loss, weight, right = self._batch_loss(batch, params)
+            total += loss.item() * weight
+            count += weight
+            if right is not None:
+                correct += right
+                examples += len(batch["label"])
+        accuracy = correct / examples if self.loss == "ce" and examples else None
+        return total / count, accuracy
