@@ -325,22 +325,61 @@ def test_guided_searches_merges_by_the_response_loss(topics_csv):
     assert outcome.search_loss_after < outcome.search_loss_before
 
 
+@pytest.mark.parametrize("strategy", ["guided", "fedmerge"])
 @pytest.mark.slow
-def test_a_guided_instruct_run_searches_on_the_server_s_own_instruction_file(topics_csv,
-                                                                             tmp_path):
+def test_guided_and_fedmerge_run_on_an_llm(topics_csv, tmp_path, strategy):
+    """Guided searches on the server's own instruction file; FedMerge merges LoRA."""
     from pollen.server_data import load_server_data
 
     server_file = tmp_path / "server.csv"
     server_file.write_text("\n".join(topics_csv.read_text().splitlines()[:41]) + "\n")
-    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "guided",
-                         "server-data": str(server_file), "num-server-rounds": 1,
-                         "max-steps": 3, "server-test-fraction": 0.05, "max-new-tokens": 2,
-                         "fraction-evaluate": 0.5, "guided.search-steps": 4,
-                         "output-dir": str(tmp_path), "run-name": "g"})
-    held = load_server_data(config, load_task(config))
-    assert len(held) == 40 and held.search[0]["response"] in TOPIC_NAMES.split(",")
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": strategy,
+                         "num-server-rounds": 1, "max-steps": 3,
+                         "server-test-fraction": 0.05, "max-new-tokens": 2,
+                         "fraction-evaluate": 0.5, "output-dir": str(tmp_path),
+                         "run-name": strategy,
+                         **({"server-data": str(server_file), "guided.search-steps": 4}
+                            if strategy == "guided" else {})})
+    if strategy == "guided":
+        held = load_server_data(config, load_task(config))
+        assert len(held) == 40 and held.search[0]["response"] in TOPIC_NAMES.split(",")
     row = run(LocalGrid.simulation(client_app, 2), config).read_metrics()[-1]
-    assert row["num_replies"] == 2 and row["guided_atlas_size"] == 2
-    assert row["guided_search_loss_after"] < row["guided_search_loss_before"]
-    assert row["guided_holdout_accuracy_average"] is None
-    assert 0.0 <= row["eval_accuracy"] <= 1.0
+    assert row["num_replies"] == 2 and 0.0 <= row["eval_accuracy"] <= 1.0
+    if strategy == "guided":
+        assert row["guided_atlas_size"] == 2
+        assert row["guided_search_loss_after"] < row["guided_search_loss_before"]
+        assert row["guided_holdout_accuracy_average"] is None
+    else:
+        assert math.isfinite(row["personalized_accuracy"])
+
+
+def test_fedmerge_on_lora_weighs_every_tensor_and_starts_from_the_frozen_model(topics_csv):
+    from pollen.adapters import travelling_state
+    from strategies import build_strategy
+    from strategies.directory import ClientDirectory
+    from strategies.spec import ServerSetup
+    from tests.test_strategies import describe_only
+
+    def build(**keys):
+        config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "fedmerge",
+                             **keys})
+        model = build_model(config, 0)
+        grid = LocalGrid.simulation(describe_only, 2)
+        directory = ClientDirectory(config.to_mapping(), timeout=10)
+        directory.refresh(grid, strict=True)
+        return build_strategy(ServerSetup(config, directory, {config.model: model},
+                                          {config.model: travelling_state(model)}, 4,
+                                          "instruct", None)).strategy
+
+    strategy = build()
+    assert strategy.w_tensors == "all"
+    names = list(strategy.thetas[0])
+    assert names and all("lora_" in n for n in names)
+    for name in names:
+        values = [theta[name] for theta in strategy.thetas]
+        if "lora_B" in name:
+            assert all(not v.any() for v in values)
+        else:
+            assert not np.array_equal(values[0], values[1])
+    with pytest.raises(ConfigError, match="w-tensors = head.*no classifier head"):
+        build(**{"fedmerge.w-tensors": "head"})

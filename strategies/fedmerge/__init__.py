@@ -1,5 +1,8 @@
 """FedMerge (arXiv 2504.06768)."""
 
+from pollen.adapters import head_tensor_names
+from pollen.errors import ConfigError
+
 from strategies.fedmerge.config import FedMergeConfig
 from strategies.fedmerge.strategy import FedMerge, initial_global_models
 from strategies.spec import MethodSpec, ServerSetup
@@ -7,14 +10,17 @@ from strategies.spec import MethodSpec, ServerSetup
 
 def build(setup: ServerSetup) -> FedMerge:
     settings: FedMergeConfig = setup.config.method
-    return FedMerge(
-        global_models=initial_global_models(setup.model, settings.num_global_models,
-                                            setup.config.seed),
-        mu=settings.mu, lr_w=settings.lr_w, lr_theta=settings.lr_theta,
-        w_tensors=settings.w_tensors, w_step=settings.w_step, **setup.common())
+    thetas = initial_global_models(setup.model, settings.num_global_models, setup.config.seed)
+    has_head = bool(head_tensor_names(thetas[0]))
+    if settings.w_tensors == "head" and not has_head:
+        raise ConfigError(f"fedmerge.w-tensors = head, but model '{setup.config.model}' has no "
+                          "classifier head among its travelling tensors (a causal LM's LoRA): "
+                          "use all or auto")
+    w_tensors = settings.w_tensors if settings.w_tensors != "auto" else (
+        "head" if has_head else "all")
+    return FedMerge(global_models=thetas, mu=settings.mu, lr_w=settings.lr_w,
+                    lr_theta=settings.lr_theta, w_tensors=w_tensors, w_step=settings.w_step,
+                    **setup.common())
 
 
-SPEC = MethodSpec("fedmerge", config=FedMergeConfig, build=build,
-                  not_instruct=("its merging weights W learn from the classifier head "
-                                "(fedmerge.w-tensors = head), which a causal LM's LoRA does not "
-                                "have; FedMerge on LoRA A/B tensors is not built yet"))
+SPEC = MethodSpec("fedmerge", config=FedMergeConfig, build=build)

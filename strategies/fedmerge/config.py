@@ -16,5 +16,5 @@ class FedMergeConfig(Section):
     mu: float = setting(0.01, non_negative)
     lr_w: float = setting(100.0, non_negative)
     lr_theta: float = setting(1.0, non_negative)
-    w_tensors: str = setting("head", one_of("head", "all"))
+    w_tensors: str = setting("auto", one_of("auto", "head", "all"))
     w_step: str = setting("plain", one_of("plain", "official"))

@@ -10,8 +10,9 @@ only its own merge
 trains CE + mu ||theta - theta_i0||^2 from it (sent as ``proximal-mu`` = 2 mu, since
 Pollen's training loop adds (mu/2)||.||^2) and returns theta_iE; delta_i = theta_i0 - theta_iE.
 
-W step (softmax chain rule), on the ``fedmerge.w-tensors`` subset (the classifier head by
-default, as the official code's 'linear' keys; or all tensors):
+W step (softmax chain rule), on the ``fedmerge.w-tensors`` subset (the classifier head,
+as the official code's 'linear' keys, when the model has one; else, and with ``all``,
+every travelling tensor):
 
     G_ij = s_ij <Theta_j - theta_i0, delta_i>,   G <- G / sum |G|,   W_i <- W_i - lr_W p_i G_i
 
@@ -31,6 +32,15 @@ when every client trains each round.
 Message contract: the shared one (``strategies/base.py``), with each client's ``arrays``
 its own merge theta_i0 (train and evaluate), and the train config's ``proximal-mu``
 (= 2 mu, float): the client adds (mu/2)||theta - theta_i0||^2.
+
+On LoRA (a causal LM's adapters, or an encoder's with its head) every merge above is
+taken tensor by tensor, A and B separately: theta = (sum_j s_j B_j, sum_j s_j A_j), whose
+product is not sum_j s_j B_j A_j (the cross terms s_j s_k B_j A_k stay). The official code
+merges a ResNet's weights elementwise and has no LoRA; we keep its elementwise rule, which
+is also how FlowerTune and OpenFedLLM average LoRA (FedAvg on A and B), so FedMerge and
+FedAvg differ here only by FedMerge's weights. Merging the products BA exactly would
+need a rank-d*r factor sent back (or an SVD truncation to rank r, which is not exact
+either). Every Theta_j starts with B = 0, so all merges start as the frozen model.
 
 The global model on the server's test split (eval_accuracy) is the uniform merge
 mean_j Theta_j; each client evaluates its own merge on its local test split
