@@ -9,12 +9,17 @@ from __future__ import annotations
 from pollen.errors import ConfigError
 
 MODEL_NAMES = ("cnn", "minilm", "minilm-l2", "minilm-l4", "tiny-bert", "tiny-bert-w64",
-               "smollm2", "tiny-llama")
+               "smollm2", "smollm2-l10", "smollm2-l20", "tiny-llama", "tiny-llama-l1")
 # Tiny random BERTs for tests: (hidden size, layers, heads); MiniLM's vocabulary.
 TINY_BERTS = {"tiny-bert": (32, 2, 2), "tiny-bert-w64": (64, 3, 4)}
 # Causal LMs by name; any ``hf:<id>`` or ``.gguf`` path is one too when task = instruct.
 # tiny-llama: a random 2-layer Llama (hidden 64) with SmolLM2's tokenizer, for tests.
-CAUSAL_LMS = ("smollm2", "tiny-llama")
+# A "-l<N>" name is the first N decoder layers of its base (embeddings, final norm and LM
+# head kept): families of one checkpoint that differ in depth, as FederatedScope-LLM's
+# offsite-tuning drops layers.
+TRUNCATED_CAUSAL_LAYERS = {"smollm2-l10": ("smollm2", 10), "smollm2-l20": ("smollm2", 20),
+                           "tiny-llama-l1": ("tiny-llama", 1)}
+CAUSAL_LMS = ("smollm2", "tiny-llama", *TRUNCATED_CAUSAL_LAYERS)
 TASKS = ("classify", "instruct")
 TRUNCATED_MINILM_LAYERS = {"minilm": 6, "minilm-l4": 4, "minilm-l2": 2}
 

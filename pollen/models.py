@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pollen.catalog import (MODEL_NAMES, TINY_BERTS, TRUNCATED_MINILM_LAYERS, is_causal,
-                            modality_of)
+from pollen.catalog import (MODEL_NAMES, TINY_BERTS, TRUNCATED_CAUSAL_LAYERS,
+                            TRUNCATED_MINILM_LAYERS, is_causal, modality_of)
 from pollen.config import RunConfig
 from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
@@ -99,6 +99,12 @@ def _loaded_causal_lm(model_name: str, weights: WeightFormat) -> nn.Module:
 
 
 def build_causal_lm(model_name: str, seed: int, weights: WeightFormat = FLOAT32) -> nn.Module:
+    if model_name in TRUNCATED_CAUSAL_LAYERS:
+        base, layers = TRUNCATED_CAUSAL_LAYERS[model_name]
+        model = build_causal_lm(base, seed, weights)
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+        return model
     if model_name == "tiny-llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -173,15 +179,20 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
                       " or hf:<id>")
 
 
-@functools.lru_cache(maxsize=4)
 def build_tokenizer(model_name: str):
     """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); SmolLM2's (from
-    its GGUF file) serves smollm2 and tiny-llama; hub models and GGUF paths bring theirs.
-    Shared per process: callers only read it."""
+    its GGUF file, about 9 s to read) serves smollm2, tiny-llama and their depth families;
+    hub models and GGUF paths bring theirs. Shared per process: callers only read it."""
+    base = TRUNCATED_CAUSAL_LAYERS.get(model_name, (model_name,))[0]
+    return _tokenizer("smollm2" if base == "tiny-llama" else base)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_name: str):
     from transformers import AutoTokenizer
 
-    if model_name in ("smollm2", "tiny-llama") or model_name.endswith(".gguf"):
-        path = gguf_file("smollm2" if model_name == "tiny-llama" else model_name)
+    if model_name == "smollm2" or model_name.endswith(".gguf"):
+        path = gguf_file(model_name)
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     source = model_name[3:] if model_name.startswith("hf:") else minilm_dir()
     return AutoTokenizer.from_pretrained(source)

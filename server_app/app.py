@@ -195,9 +195,8 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         if (server_round % config.checkpoint_every == 0
                 or server_round == config.num_server_rounds):
             save_checkpoint(outputs.run_dir, server_round, strategy, config.keep_checkpoints)
-        if config.task == "instruct":  # an LLM run keeps each round's adapter, as peft saves it
-            _save_models({f"adapters/round-{server_round}": strategy.final_models()["model"]},
-                         strategy, evaluator, outputs.run_dir)
+        if config.task == "instruct":  # an LLM run keeps each round's adapters
+            _save_round_models(strategy, evaluator, outputs.run_dir, server_round)
         log(INFO, "%s", progress.step(f"round {server_round} of {config.num_server_rounds}"))
 
     if publisher is not None:
@@ -231,13 +230,23 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
 
 
 def _save_models(models: dict[str, dict], strategy: PollenStrategy, evaluator: ServerEvaluator,
-                 run_dir: Path) -> None:
+                 run_dir: Path, where=lambda folder: folder) -> None:
     """Each model (folder relative to the run folder -> travelling tensors) in its model's
-    own format (``save_final_model``)."""
+    own format (``save_final_model``), at ``where(folder)`` under ``run_dir``."""
     for folder, tensors in models.items():
         model = evaluator.models[strategy.model_family(folder) or next(iter(evaluator.models))]
         load_travelling_state(model, tensors, what=f"model {folder}")
-        save_final_model(model, run_dir / folder)
+        save_final_model(model, run_dir / where(folder))
+
+
+def _save_round_models(strategy: PollenStrategy, evaluator: ServerEvaluator, run_dir: Path,
+                       server_round: int) -> None:
+    """The round's global adapter at ``adapters/round-N``; with one model per family,
+    each family's at ``adapters/round-N/<family>``."""
+    models = strategy.final_models()
+    kept = {"model": models["model"]} if "model" in models else models
+    _save_models(kept, strategy, evaluator, run_dir / "adapters" / f"round-{server_round}",
+                 where=lambda folder: "" if folder == "model" else folder.split("/", 1)[1])
 
 
 def _shown(value: float | None) -> str:

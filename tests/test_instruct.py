@@ -383,3 +383,35 @@ def test_fedmerge_on_lora_weighs_every_tensor_and_starts_from_the_frozen_model(t
             assert not np.array_equal(values[0], values[1])
     with pytest.raises(ConfigError, match="w-tensors = head.*no classifier head"):
         build(**{"fedmerge.w-tensors": "head"})
+
+
+def test_a_depth_family_is_the_first_layers_of_its_base():
+    from pollen.models import build_causal_lm
+
+    full, short = build_causal_lm("tiny-llama", 42), build_causal_lm("tiny-llama-l1", 42)
+    assert (len(short.model.layers), short.config.num_hidden_layers) == (1, 1)
+    kept = short.state_dict()
+    assert kept.keys() < full.state_dict().keys()
+    assert all(torch.equal(value, full.state_dict()[name]) for name, value in kept.items())
+    assert build_tokenizer("tiny-llama-l1") is build_tokenizer("smollm2")
+
+
+@pytest.mark.slow
+def test_heterotune_runs_across_depth_families_of_an_llm(topics_csv, tmp_path):
+    from pollen.dema.model import load_dema_adapter
+
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "heterotune",
+                         "model-families": "tiny-llama-l1,tiny-llama",
+                         "num-server-rounds": 1, "max-steps": 3,
+                         "server-test-fraction": 0.05, "max-new-tokens": 2,
+                         "output-dir": str(tmp_path), "run-name": "hetero"})
+    outputs = run(LocalGrid.simulation(client_app, 2), config)
+    row = outputs.read_metrics()[-1]
+    assert set(row["family_accuracy"]) == {"tiny-llama-l1", "tiny-llama"}
+    assert 0.0 <= row["cmga_conflict_fraction"] <= 1.0
+    model = load_dema_adapter(outputs.run_dir / "adapters" / "tiny-llama-l1")
+    assert len(model.backbone.model.layers) == 1
+    each_round = load_dema_adapter(outputs.run_dir / "adapters" / "round-1" / "tiny-llama-l1")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 each_round.state_dict().values()))
+    assert model.dema_config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -41,6 +41,10 @@ class DemaModel(nn.Module):
     def forward(self, **inputs):
         return self.backbone(**inputs)
 
+    def generate(self, **inputs):
+        """A causal LM backbone's own generation, through its DeMA layers."""
+        return self.backbone.generate(**inputs)
+
     def save_pretrained(self, out_dir: Path) -> None:
         save_dema_adapter(self, Path(out_dir))
 

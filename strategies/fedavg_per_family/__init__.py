@@ -12,5 +12,4 @@ def family_common(setup) -> dict:
 
 
 SPEC = MethodSpec("fedavg-per-family", families=True,
-                  build=lambda setup: FamilyFedAvg(**family_common(setup)),
-                  not_instruct="its families of SmolLM2 depth are not built yet")
+                  build=lambda setup: FamilyFedAvg(**family_common(setup)))

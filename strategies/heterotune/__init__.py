@@ -5,7 +5,7 @@ from torch import nn
 from pollen.config import RunConfig
 from pollen.dema import inject_dema
 from pollen.errors import ConfigError
-from pollen.models import build_backbone, prepare_for_training
+from pollen.models import WeightFormat, build_backbone, prepare_for_training
 from strategies.fedavg_per_family import family_common
 from strategies.heterotune.config import HeteroTuneConfig
 from strategies.heterotune.strategy import HeteroTune
@@ -16,9 +16,12 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
     """The family's backbone with DeMA injected (``pollen.dema``)."""
     if family == "cnn":
         raise ConfigError("heterotune adapts transformer encoders; 'cnn' has no encoder layers")
-    backbone = prepare_for_training(build_backbone(family, num_classes, config.seed), config)
+    backbone = prepare_for_training(
+        build_backbone(family, num_classes, config.seed, config.task, WeightFormat.of(config)),
+        config)
     try:
-        return inject_dema(backbone, config.method.dema(config.seed), family)
+        return inject_dema(backbone, config.method.dema(config.seed, family, config.task),
+                           family)
     except ConfigError as error:  # the only input check inside: the target modules
         raise ConfigError(f"heterotune.dema-target-modules: {error}") from error
 
@@ -26,5 +29,4 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
 SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
                   build_model=build_dema_model,
                   build=lambda setup: HeteroTune(use_cmga=setup.config.method.cmga,
-                                                 **family_common(setup)),
-                  not_instruct="its families of SmolLM2 depth are not built yet")
+                                                 **family_common(setup)))

@@ -19,5 +19,4 @@ def build_ranked_model(config: RunConfig, family: str, num_classes: int) -> nn.M
 SPEC = MethodSpec("hetlora", config=HetLoRAConfig, families=True,
                   build_model=build_ranked_model,
                   build=lambda setup: HetLoRA(ranks=setup.config.method.rank_of(setup.config),
-                                              **family_common(setup)),
-                  not_instruct="its families of SmolLM2 depth are not built yet")
+                                              **family_common(setup)))
