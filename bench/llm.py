@@ -1,6 +1,31 @@
 """Instruction tuning of SmolLM2-135M-Instruct (#17).
 
+    python -m bench.llm federated [--quick] [--seeds 0,1,2] [--rounds 10] [--steps 10]
     python -m bench.llm memory [--quick]
+
+federated: AG News as classification as generation (the prompt lists World, Sports,
+Business, Sci/Tech; the response is one of them), 10 clients, Dirichlet 0.5 over the
+label, 3 clients a round, each ``--steps`` AdamW steps of 8 prompts a round (max-seq-len
+160), ``--rounds`` rounds; the server holds 2% of the pool (every row, so that every
+row's clients hold the same examples) and tests on another 2% (149 prompts: greedy
+answers of at most 4 tokens, exact match and macro-F1, and the response loss). Rows, on
+the same splits and seeds:
+- zero-shot: the base model (LoRA's B = 0);
+- local: 3 clients (partitions 0-2), each alone for rounds x steps steps from the base,
+  the mean of their three models' scores on the server's test split;
+- central: the server's 2% alone, ``central``'s training each round;
+- fedavg, fedprox, fedmerge, guided;
+- heterotune and fedavg-per-family across the depth families smollm2-l10, -l20 and
+  smollm2 (the score: the mean over the families).
+Each run answers its clients in turn in one process (``bench.common.run_in_process``): one
+model load instead of one per Ray worker. Reports the mean +- std over the seeds of the
+final exact match and response loss, per-round exact match (seed mean), MiB sent per
+client per round and in the whole run, seconds per round, and training tokens per second
+(steps x 8 prompts x the pool's mean real tokens, over the clients' training seconds;
+the MiB up are a training client's reply, the whole run's MiB every message's tensors).
+--quick: the tiny random Llama (families tiny-llama-l1 and tiny-llama), 4 clients,
+2 rounds of 2 steps, one seed. Expected duration on 2 CPU cores: about 3 hours for
+3 seeds at the defaults (roughly 2.5 minutes a round); --quick 3 minutes.
 
 memory: one training step (forward, backward, AdamW) of SmolLM2 on 8 AG News prompts of
 128 tokens (classification as generation), counted by what each byte holds
@@ -18,7 +43,9 @@ from pathlib import Path
 
 import torch
 
-from bench.common import AG_NEWS, DOCS, write_report
+import numpy as np
+
+from bench.common import AG_NEWS, DOCS, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -110,13 +137,140 @@ def memory(quick: bool, out_dir: Path) -> Path:
                         "\n".join(lines), out_dir)
 
 
+CLASS_NAMES = "World,Sports,Business,Sci/Tech"
+FEDERATION = {"task": "instruct", "dataset": str(AG_NEWS), "class-names": CLASS_NAMES,
+              "max-seq-len": 160, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
+              "fraction-train": 0.3, "fraction-evaluate": 0.3, "batch-size": 8,
+              "server-test-fraction": 0.02, "local-test-fraction": 0.05,
+              "server-data-fraction": 0.02, "max-new-tokens": 4, "checkpoint-every": 1000}
+FEDERATED = ("fedavg", "fedprox", "fedmerge", "guided", "central")
+FAMILY_RUNS = ("heterotune", "fedavg-per-family")
+LOCAL_CLIENTS = 3
+
+
+def _keys(model: str, seed: int, rounds: int, steps: int, **keys) -> dict:
+    return {**FEDERATION, "model": model, "seed": seed, "num-server-rounds": rounds,
+            "max-steps": steps, **keys}
+
+
+def _scores(config, model) -> tuple[float, float]:
+    """(exact match, response loss) of ``model`` on the server's test split."""
+    from pollen.data import load_task
+    from pollen.training import evaluator_for, make_loader, torch_dataset
+
+    task = load_task(config)
+    test = torch_dataset(task.server_test, "instruct", config.model, config.max_seq_len)
+    evaluate = evaluator_for("instruct", config.model, task.response_labels,
+                             config.max_new_tokens)
+    result = evaluate(model, make_loader(test, config.batch_size, False, 0),
+                      torch.device("cpu"))
+    return result.accuracy, result.loss
+
+
+def _local(config, num_clients: int) -> tuple[float, float]:
+    """Clients 0..LOCAL_CLIENTS-1 alone, each for rounds x steps steps from the base."""
+    from pollen.data import client_split, load_task
+    from pollen.models import build_model
+    from pollen.training import make_loader, torch_dataset, train
+
+    scores = []
+    for client in range(min(LOCAL_CLIENTS, num_clients)):
+        local_train, _ = client_split(load_task(config), config, client, num_clients)
+        model = build_model(config, 0)
+        tokens = torch_dataset(local_train, "instruct", config.model, config.max_seq_len)
+        train(model, make_loader(tokens, config.batch_size, True, config.seed + client),
+              epochs=1, lr=config.lr, device=torch.device("cpu"), seed=config.seed + client,
+              max_steps=config.num_server_rounds * config.max_steps)
+        scores.append(_scores(config, model))
+    return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
+
+
+def _mean_real_tokens(config) -> float:
+    from pollen.data import load_task
+    from pollen.training import torch_dataset
+
+    pool = load_task(config).pool.select(range(200))
+    tokens = torch_dataset(pool, "instruct", config.model, config.max_seq_len)
+    return float(np.mean([int(mask.sum()) for mask in tokens["attention_mask"]]))
+
+
+def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path) -> Path:
+    from pollen.models import build_model
+    from strategies import run_config
+
+    model = "tiny-llama" if quick else "smollm2"
+    families = "tiny-llama-l1,tiny-llama" if quick else "smollm2-l10,smollm2-l20,smollm2"
+    num_clients = 4 if quick else 10
+    if quick:
+        seeds, rounds, steps = seeds[:1], 2, 2
+    final: dict[str, list[tuple[float, float]]] = {}
+    curves: dict[str, list[list[float]]] = {}
+    traffic: dict[str, list[tuple[float, float, float, float]]] = {}
+    for seed in seeds:
+        config = run_config(_keys(model, seed, rounds, steps))
+        final.setdefault("zero-shot", []).append(_scores(config, build_model(config, 0)))
+        final.setdefault("local", []).append(_local(config, num_clients))
+        tokens_per_step = config.batch_size * _mean_real_tokens(config)
+        for strategy in FEDERATED + FAMILY_RUNS:
+            keys = {"strategy": strategy}
+            if strategy in FAMILY_RUNS:
+                keys["model-families"] = families
+            _, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys),
+                                              num_clients, f"llm-{strategy}-seed{seed}")
+            final.setdefault(strategy, []).append((rows[-1]["eval_accuracy"],
+                                                   rows[-1]["eval_loss"]))
+            curves.setdefault(strategy, []).append([r["eval_accuracy"] for r in rows])
+            replies = sum(r["num_replies"] for r in rows)
+            train_seconds = sum(r.get("client_train_seconds_sum") or 0.0 for r in rows)
+            traffic.setdefault(strategy, []).append((
+                sum(r["bytes_up"] for r in rows) / max(replies, 1) / 2**20,
+                sum(r["bytes_up"] + r["bytes_down"] for r in rows) / 2**20,
+                seconds / len(rows),
+                replies * steps * tokens_per_step / train_seconds if train_seconds else 0.0))
+            print(f"seed {seed} {strategy}: exact match {rows[-1]['eval_accuracy']:.4f}, "
+                  f"response loss {rows[-1]['eval_loss']:.4f}, {seconds:.0f} s", flush=True)
+    lines = [f"{model}, AG News as classification as generation, {num_clients} clients "
+             f"(Dirichlet 0.5, 3 a round), {rounds} rounds of {steps} steps of 8 prompts, "
+             f"seeds {', '.join(map(str, seeds))}; scores on the server's test split "
+             "(mean +- std over the seeds).", "",
+             "| run | final exact match | final response loss | MiB up per training client "
+             "per round | MiB whole run (down and up, evaluation included) | s per round | "
+             "training tokens/s |",
+             "|---|---|---|---|---|---|---|"]
+    for run, scores in final.items():
+        matches, losses = np.array([s[0] for s in scores]), np.array([s[1] for s in scores])
+        cost = np.mean(traffic[run], axis=0) if run in traffic else None
+        lines.append(f"| {run} | {matches.mean():.4f} +- {matches.std():.4f} | "
+                     f"{losses.mean():.4f} +- {losses.std():.4f} | " + (
+                         f"{cost[0]:.2f} | {cost[1]:.1f} | {cost[2]:.0f} | "
+                         f"{f'{cost[3]:.0f}' if cost[3] else '-'} |"
+                         if cost is not None else "- | - | - | - |"))
+    lines += ["", "Exact match per round (mean over the seeds):", "",
+              "| run | " + " | ".join(str(r) for r in range(1, rounds + 1)) + " |",
+              "|---|" + "---|" * rounds]
+    for run, runs in curves.items():
+        lines.append(f"| {run} | " + " | ".join(f"{v:.3f}" for v in np.mean(runs, axis=0))
+                     + " |")
+    name = "llm-quick" if quick else "llm"
+    return write_report(name, "Federated instruction tuning of SmolLM2 on AG News",
+                        f"python -m bench.llm federated{' --quick' if quick else ''}",
+                        "\n".join(lines), out_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("memory",))
+    parser.add_argument("suite", choices=("federated", "memory"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    memory(args.quick, args.out)
+    if args.suite == "memory":
+        memory(args.quick, args.out)
+    else:
+        federated(args.quick, [int(s) for s in args.seeds.split(",")], args.rounds,
+                  args.steps, args.out)
 
 
 if __name__ == "__main__":
