@@ -39,13 +39,15 @@ about 6 minutes (--quick 1).
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 import torch
 
 import numpy as np
 
-from bench.common import AG_NEWS, DOCS, run_in_process, write_report
+from bench.common import AG_NEWS, DOCS, RUNS, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -194,41 +196,65 @@ def _mean_real_tokens(config) -> float:
     return float(np.mean([int(mask.sum()) for mask in tokens["attention_mask"]]))
 
 
-def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path) -> Path:
+def _cell(run: str, seed: int, quick: bool, rounds: int, steps: int) -> dict:
+    """One row's result for one seed: final (exact match, response loss), the per-round
+    exact match, and for federated runs (MiB up per training client per round, MiB of the
+    whole run, seconds per round, training tokens/s)."""
     from pollen.models import build_model
     from strategies import run_config
 
     model = "tiny-llama" if quick else "smollm2"
-    families = "tiny-llama-l1,tiny-llama" if quick else "smollm2-l10,smollm2-l20,smollm2"
+    num_clients = 4 if quick else 10
+    config = run_config(_keys(model, seed, rounds, steps))
+    if run == "zero-shot":
+        return {"final": _scores(config, build_model(config, 0))}
+    if run == "local":
+        return {"final": _local(config, num_clients)}
+    keys = {"strategy": run}
+    if run in FAMILY_RUNS:
+        keys["model-families"] = ("tiny-llama-l1,tiny-llama" if quick
+                                  else "smollm2-l10,smollm2-l20,smollm2")
+    _, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys), num_clients,
+                                      f"llm-{run}-seed{seed}")
+    replies = sum(r["num_replies"] for r in rows)
+    train_seconds = sum(r.get("client_train_seconds_sum") or 0.0 for r in rows)
+    tokens = replies * steps * config.batch_size * _mean_real_tokens(config)
+    return {"final": (rows[-1]["eval_accuracy"], rows[-1]["eval_loss"]),
+            "curve": [r["eval_accuracy"] for r in rows],
+            "cost": (sum(r["bytes_up"] for r in rows) / max(replies, 1) / 2**20,
+                     sum(r["bytes_up"] + r["bytes_down"] for r in rows) / 2**20,
+                     seconds / len(rows), tokens / train_seconds if train_seconds else 0.0)}
+
+
+RUN_ORDER = ("zero-shot", "local", *FEDERATED, *FAMILY_RUNS)
+
+
+def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path) -> Path:
+    """Each (seed, run) cell is kept in ``pollen-runs/bench/llm-cells*.json`` as it ends, so
+    an interrupted bench resumes where it stopped (same rounds and steps); the report
+    covers the cells done so far and names the missing ones."""
+    model = "tiny-llama" if quick else "smollm2"
     num_clients = 4 if quick else 10
     if quick:
         seeds, rounds, steps = seeds[:1], 2, 2
-    final: dict[str, list[tuple[float, float]]] = {}
-    curves: dict[str, list[list[float]]] = {}
-    traffic: dict[str, list[tuple[float, float, float, float]]] = {}
+    store = RUNS / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json"
+    cells = json.loads(store.read_text()) if store.is_file() else {}
     for seed in seeds:
-        config = run_config(_keys(model, seed, rounds, steps))
-        final.setdefault("zero-shot", []).append(_scores(config, build_model(config, 0)))
-        final.setdefault("local", []).append(_local(config, num_clients))
-        tokens_per_step = config.batch_size * _mean_real_tokens(config)
-        for strategy in FEDERATED + FAMILY_RUNS:
-            keys = {"strategy": strategy}
-            if strategy in FAMILY_RUNS:
-                keys["model-families"] = families
-            _, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys),
-                                              num_clients, f"llm-{strategy}-seed{seed}")
-            final.setdefault(strategy, []).append((rows[-1]["eval_accuracy"],
-                                                   rows[-1]["eval_loss"]))
-            curves.setdefault(strategy, []).append([r["eval_accuracy"] for r in rows])
-            replies = sum(r["num_replies"] for r in rows)
-            train_seconds = sum(r.get("client_train_seconds_sum") or 0.0 for r in rows)
-            traffic.setdefault(strategy, []).append((
-                sum(r["bytes_up"] for r in rows) / max(replies, 1) / 2**20,
-                sum(r["bytes_up"] + r["bytes_down"] for r in rows) / 2**20,
-                seconds / len(rows),
-                replies * steps * tokens_per_step / train_seconds if train_seconds else 0.0))
-            print(f"seed {seed} {strategy}: exact match {rows[-1]['eval_accuracy']:.4f}, "
-                  f"response loss {rows[-1]['eval_loss']:.4f}, {seconds:.0f} s", flush=True)
+        for run in RUN_ORDER:
+            if f"{seed}/{run}" in cells:
+                continue
+            started = time.perf_counter()
+            cells[f"{seed}/{run}"] = _cell(run, seed, quick, rounds, steps)
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(cells, indent=1))
+            print(f"seed {seed} {run}: {cells[f'{seed}/{run}']['final']} in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    final = {run: [cells[f"{s}/{run}"]["final"] for s in seeds if f"{s}/{run}" in cells]
+             for run in RUN_ORDER}
+    curves = {run: [cells[f"{s}/{run}"]["curve"] for s in seeds if f"{s}/{run}" in cells]
+              for run in RUN_ORDER if run not in ("zero-shot", "local")}
+    traffic = {run: [cells[f"{s}/{run}"]["cost"] for s in seeds if f"{s}/{run}" in cells]
+               for run in curves}
     lines = [f"{model}, AG News as classification as generation, {num_clients} clients "
              f"(Dirichlet 0.5, 3 a round), {rounds} rounds of {steps} steps of 8 prompts, "
              f"seeds {', '.join(map(str, seeds))}; scores on the server's test split "
@@ -238,10 +264,15 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
              "training tokens/s |",
              "|---|---|---|---|---|---|---|"]
     for run, scores in final.items():
+        if len(scores) < len(seeds):
+            lines.append(f"| {run} | {len(scores)} of {len(seeds)} seeds run so far | | | | "
+                         "| |")
+            continue
         matches, losses = np.array([s[0] for s in scores]), np.array([s[1] for s in scores])
-        cost = np.mean(traffic[run], axis=0) if run in traffic else None
-        lines.append(f"| {run} | {matches.mean():.4f} +- {matches.std():.4f} | "
-                     f"{losses.mean():.4f} +- {losses.std():.4f} | " + (
+        cost = np.mean(traffic[run], axis=0) if traffic.get(run) else None
+        ddof = 1 if len(scores) > 1 else 0  # the sample std over seeds
+        lines.append(f"| {run} | {matches.mean():.4f} +- {matches.std(ddof=ddof):.4f} | "
+                     f"{losses.mean():.4f} +- {losses.std(ddof=ddof):.4f} | " + (
                          f"{cost[0]:.2f} | {cost[1]:.1f} | {cost[2]:.0f} | "
                          f"{f'{cost[3]:.0f}' if cost[3] else '-'} |"
                          if cost is not None else "- | - | - | - |"))
@@ -249,6 +280,8 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
               "| run | " + " | ".join(str(r) for r in range(1, rounds + 1)) + " |",
               "|---|" + "---|" * rounds]
     for run, runs in curves.items():
+        if len(runs) < len(seeds):
+            continue
         lines.append(f"| {run} | " + " | ".join(f"{v:.3f}" for v in np.mean(runs, axis=0))
                      + " |")
     name = "llm-quick" if quick else "llm"

@@ -123,16 +123,25 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
                   params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy over the batch's response tokens, their count), by the model's
-    own shifted causal-LM loss (transformers ignores IGNORE_INDEX labels); with
-    ``params``, through ``torch.func.functional_call`` with those tensors in place."""
+    """(mean cross-entropy over the batch's response tokens, their count); with
+    ``params``, through ``torch.func.functional_call`` with those tensors in place.
+
+    The LM head runs only at the positions that predict a response token in some row
+    (transformers' ``logits_to_keep`` with those positions), and the shifted cross-entropy
+    is taken there: the model's own loss would first compute the vocabulary logits of
+    every position, prompts included (for SmolLM2, 49,152 floats a token and most of a
+    step's activation memory), and throw them away."""
     batch = trimmed(batch)
-    labels = batch["labels"].to(device)
+    targets = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     inputs = {"input_ids": batch["input_ids"].to(device),
-              "attention_mask": batch["attention_mask"].to(device), "labels": labels}
+              "attention_mask": batch["attention_mask"].to(device), "logits_to_keep": keep}
     output = (model(**inputs) if params is None
               else torch.func.functional_call(model, params, args=(), kwargs=inputs))
-    return output.loss, int((labels[:, 1:] != IGNORE_INDEX).sum())
+    kept = targets[:, keep]
+    loss = nn.functional.cross_entropy(output.logits.float().flatten(0, 1), kept.flatten(),
+                                       ignore_index=IGNORE_INDEX)
+    return loss, int((kept != IGNORE_INDEX).sum())
 
 
 def normalised(text: str) -> str:
