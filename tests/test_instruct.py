@@ -142,12 +142,16 @@ def test_a_causal_lm_with_a_classification_task_is_refused(topics_csv, tmp_path)
 def test_two_fedavg_rounds_of_a_tiny_llama_report_every_instruct_metric(topics_csv, tmp_path,
                                                                        capsys):
     config = run_config({**TINY_LLM, "dataset": str(topics_csv), "num-server-rounds": 2,
-                         "max-steps": 6,
+                         "max-steps": 6, "wire-dtype": "bfloat16",
                          "output-dir": str(tmp_path), "run-name": "llm",
                          "lr-schedule": "cosine", "lr-min": 0.005})
     outputs = run(LocalGrid.simulation(client_app, 2), config)
     rows = outputs.read_metrics()
     assert [r["round"] for r in rows] == [1, 2]
+    from pollen.adapters import travelling_state
+
+    lora_values = sum(v.size for v in travelling_state(build_model(config, 0)).values())
+    assert rows[0]["bytes_up"] == 2 * lora_values * 2  # two replies, 2 bytes a bfloat16
     for row in rows:
         assert row["eval_perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
         assert 0.0 <= row["eval_accuracy"] <= 1.0 and 0.0 <= row["eval_macro_f1"] <= 1.0
