@@ -31,8 +31,8 @@ def node_device(config: RunConfig, requested: str | None = None) -> torch.device
                                      ("load-in-4bit", config.load_in_4bit)) if on]
     if cuda_only and device.type != "cuda":
         raise ConfigError(f"{' and '.join(cuda_only)} need(s) CUDA but this node runs on "
-                          f"{device.type}: set it false here (the base model then stays "
-                          "float32)")
+                          f"{device.type}: run it on a CUDA device, or set {cuda_only[0]} = "
+                          "false for the run (the base model then stays float32)")
     if config.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("load-in-4bit needs bitsandbytes: pip install bitsandbytes")
     return device
