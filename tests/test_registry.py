@@ -306,3 +306,26 @@ def test_the_server_app_publishes_every_rounds_adapters(tmp_path, monkeypatch):
         assert {e.manifest.strategy for e in entries} == {"fedmerge"}
     finally:
         server.stop(grace=None)
+
+
+def test_an_llm_adapter_travels_through_a_bundle_into_a_folder_peft_loads(tmp_path):
+    from peft import PeftModel
+
+    from pollen.models import build_backbone
+    from pollen.registry.client import write_adapter_folder
+
+    config = RunConfig(model="tiny-llama", task="instruct", seed=5)
+    model = build_model(config, 0)
+    torch.manual_seed(3)
+    for parameter in model.parameters():  # a trained-looking adapter: B no longer zero
+        if parameter.requires_grad:
+            parameter.data.normal_(0, 0.05)
+    manifest = manifest_for(model, config, 0, base_digest=base_model_digest(model),
+                            run_id="llm", server_round=1)
+    write_adapter_folder(encode_bundle(manifest, travelling_state(model)), tmp_path, seed=5)
+    loaded = PeftModel.from_pretrained(build_backbone("tiny-llama", 0, 5, "instruct"),
+                                       tmp_path).eval()
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
