@@ -28,7 +28,8 @@ import datasets
 import numpy as np
 
 from pollen.config import DIGITS_SHIFTED, ConfigError, RunConfig
-from pollen.data import TaskData, normalise_table, read_own_table, read_table, text_of
+from pollen.data import TaskData
+from pollen.tables import normalise_table, read_own_table, read_table, text_of
 from pollen.seeding import derive_seed
 
 UNLABELED = -1  # label value of every example of an unlabeled server set
