@@ -24,8 +24,11 @@ client per round and in the whole run, seconds per round, and training tokens pe
 (steps x 8 prompts x the pool's mean real tokens, over the clients' training seconds;
 the MiB up are a training client's reply, the whole run's MiB every message's tensors).
 --quick: the tiny random Llama (families tiny-llama-l1 and tiny-llama), 4 clients,
-2 rounds of 2 steps, one seed. Expected duration on 2 CPU cores: about 3 hours for
-3 seeds at the defaults (roughly 2.5 minutes a round); --quick 3 minutes.
+2 rounds of 2 steps, one seed. Duration on 2 CPU cores at the defaults: not measured
+yet; several minutes a round (3 clients x 10 steps of 8 prompts at some 6 s a step, then
+149 greedy answers on the server), so hours per seed: each cell is kept as it ends and a
+rerun resumes, so it can run in parts. --quick: 11 minutes (measured while another
+benchmark ran).
 
 memory: one training step (forward, backward, AdamW) of SmolLM2 on 8 AG News prompts of
 128 tokens (classification as generation), counted by what each byte holds
