@@ -46,14 +46,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from bench.common import AG_NEWS, DOCS, RUNS, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
+from pollen.catalog import DECODER_TARGETS
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+TARGETS = tuple(DECODER_TARGETS.split(","))
 ADAPTERS = ("lora", "dema", "full")
 SEQUENCE, BATCH = 128, 8
 
@@ -159,16 +159,12 @@ def _keys(model: str, seed: int, rounds: int, steps: int, **keys) -> dict:
 
 
 def _scores(config, model) -> tuple[float, float]:
-    """(exact match, response loss) of ``model`` on the server's test split."""
-    from pollen.data import load_task
-    from pollen.training import evaluator_for, make_loader, torch_dataset
+    """(exact match, response loss) of ``model``'s adapter on the server's test split,
+    through the server's own evaluator (the federated rows' ``eval_*``)."""
+    from pollen.adapters import travelling_state
+    from server_app.app import ServerEvaluator
 
-    task = load_task(config)
-    test = torch_dataset(task.server_test, "instruct", config.model, config.max_seq_len)
-    evaluate = evaluator_for("instruct", config.model, task.response_labels,
-                             config.max_new_tokens)
-    result = evaluate(model, make_loader(test, config.batch_size, False, 0),
-                      torch.device("cpu"))
+    result = ServerEvaluator(config).evaluate_family(config.model, travelling_state(model))
     return result.accuracy, result.loss
 
 
