@@ -9,6 +9,11 @@ client half names another anchor.
 
 from __future__ import annotations
 
+import time
+
+_IMPORT_STARTED = time.time()  # the imports below are measured (startup_metrics)
+
+import psutil
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -22,12 +27,31 @@ from pollen.training import make_loader
 from pollen.training import train as train_model
 from strategies import method_of
 
+_IMPORTED = time.time()
+_first_message = True
+
 app = ClientApp()
+
+
+def startup_metrics() -> dict[str, float]:
+    """Where a fresh ClientApp process spends its time before the message's own work:
+    ``startup_seconds`` from the process's start to this module's import (the
+    interpreter, Flower's ClientApp runtime, the FAB) and ``import_seconds`` of this
+    module's imports (torch, datasets, flwr). In deployment every message starts a fresh
+    process (Flower 1.39's SuperExec), so they are paid per message; a process that has
+    served a message before (a simulation worker) reports 0 for both."""
+    global _first_message
+    first, _first_message = _first_message, False
+    if not first:
+        return {"startup_seconds": 0.0, "import_seconds": 0.0}
+    return {"startup_seconds": _IMPORT_STARTED - psutil.Process().create_time(),
+            "import_seconds": _IMPORTED - _IMPORT_STARTED}
 
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
     """Identity and data sizes; loading the data here surfaces bad input before round 1."""
+    startup_metrics()  # a later message of this process is not its first
     job = ClientJob.from_message(msg, context)
     data = job.data
     about = ConfigRecord({"client-id": job.client_id, "num-train": len(data.train),
@@ -37,6 +61,8 @@ def describe(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    entered = time.perf_counter()
+    started = startup_metrics()
     job = ClientJob.from_message(msg, context)
     config, server_round = job.config, int(msg.content["config"]["server-round"])
     method = method_of(config.strategy).client
@@ -46,6 +72,7 @@ def train(msg: Message, context: Context) -> Message:
     records = method.before_training(job, msg, model, seed)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
     reset_peak_memory(job.device)
+    setup_seconds = time.perf_counter() - entered  # data, model and received tensors
     result = train_model(model, loader, epochs=config.local_epochs,
                          lr=config.round_lr(server_round),
                          device=job.device,
@@ -53,7 +80,8 @@ def train(msg: Message, context: Context) -> Message:
                          anchor=anchor, seed=seed, max_steps=config.max_steps)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds,
-                            "peak_memory_mb": peak_memory_mb(job.device)})
+                            "peak_memory_mb": peak_memory_mb(job.device),
+                            "setup_seconds": setup_seconds, **started})
     after_records, after_metrics = method.after_training(job, msg, model, seed)
     records.update(after_records)
     metrics.update(after_metrics)
@@ -67,6 +95,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """The model it was sent, on the client's own local test split: loss and accuracy
     (none for free-form instruct data), and ``eval_<name>`` for further metrics
     (instruct: perplexity, macro_f1)."""
+    startup_metrics()
     job = ClientJob.from_message(msg, context)
     model = job.model_from(msg)
     data = job.data

@@ -14,9 +14,10 @@ from pollen.adapters import load_travelling_state
 from pollen.catalog import check_compatible
 from pollen.config import RunConfig
 from pollen.data import client_file_split, client_split, load_task
-from pollen.device import node_device
+from pollen.device import limit_cpu_threads, node_device
 from pollen.errors import ConfigError
 from pollen.families import family_of
+from pollen.nodecache import cached_splits, split_key
 from pollen.records import ARRAYS_KEY, LABEL_NAMES_KEY, from_array_record
 from pollen.training import torch_dataset
 from strategies import method_of, run_config, run_config_keys
@@ -48,12 +49,13 @@ class ClientJob:
     def from_message(cls, message: Message, context: Context) -> ClientJob:
         """The run config comes from the server's message; identity, data and device from
         the node config (``client-id``, ``data-path`` or ``partition-id`` and
-        ``num-partitions``, ``model``, ``device``)."""
+        ``num-partitions``, ``model``, ``device``, ``threads``)."""
         sent = message.content["config"]
         keys = run_config_keys()
         config = run_config({k: v for k, v in sent.items() if k in keys})
         label_names = tuple(sent.get(LABEL_NAMES_KEY, ()))
         node = context.node_config
+        limit_cpu_threads(node.get("threads"))
         node_model = str(node["model"]) if "model" in node else None
         device = node_device(config, str(node["device"]) if "device" in node else None)
         if "data-path" in node:
@@ -88,9 +90,20 @@ class ClientJob:
 @functools.lru_cache(maxsize=32)  # a simulation worker serves many clients in turn
 def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
                  label_names: tuple[str, ...], family: str) -> ClientData:
+    """From this machine's disk cache after the first message (``pollen.nodecache``): a
+    deployed client runs each message in a fresh process."""
+    if data_path is not None and not label_names and config.task != "instruct":
+        raise ConfigError("the server sent no label names for this client's data-path")
+    key = split_key(config, partition, label_names, family, data_path=data_path)
+    splits, facts = cached_splits(key, lambda: _split(config, partition, data_path,
+                                                      label_names, family))
+    return ClientData(splits["train"], splits["test"], facts["num_classes"], facts["modality"],
+                      tuple(facts["response_labels"]))
+
+
+def _split(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
+           label_names: tuple[str, ...], family: str) -> tuple[dict, dict]:
     if data_path is not None:
-        if not label_names and config.task != "instruct":
-            raise ConfigError("the server sent no label names for this client's data-path")
         modality = "instruct" if config.task == "instruct" else "text"
         num_classes = len(label_names)
         check_compatible(family, modality, config.task)
@@ -103,7 +116,9 @@ def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path
         train, test = client_split(task, config, *partition)
     convert = functools.partial(torch_dataset, modality=modality, model_name=family,
                                 max_seq_len=config.max_seq_len)
-    return ClientData(convert(train), convert(test), num_classes, modality, response_labels)
+    return ({"train": convert(train), "test": convert(test)},
+            {"num_classes": num_classes, "modality": modality,
+             "response_labels": list(response_labels)})
 
 
 @functools.lru_cache(maxsize=3)  # a simulation worker may serve clients of 3 families

@@ -8,12 +8,16 @@
 
     pollen generate --run RUN_DIR --prompt "..." [--max-new-tokens 64]
     pollen export   --run RUN_DIR --merged OUT
+    pollen check    [--device cuda] [--model minilm] [--steps 20] [--batch-size 16]
 
 ``fetch`` writes a peft-format folder (``PeftModel.from_pretrained`` loads it); run again
 after an interruption, it resumes the transfer from where it stopped. ``generate`` loads a
 task=instruct run's base model and final adapter and prints the greedy answer to the
 prompt (through the model's chat template); ``export`` writes base + adapter merged
 (peft's ``merge_and_unload``) as a transformers model folder, with the tokenizer.
+``check`` is an edge machine's smoke test: it trains the model with LoRA for a few steps on
+the device a node config would ask for (``--device cuda`` fails, naming the problem, when
+torch sees no CUDA) and prints what it found and how fast it ran.
 """
 
 from __future__ import annotations
@@ -134,6 +138,44 @@ def _export(args) -> None:
     print(f"wrote the merged model (base + adapter, transformers format) to {out}")
 
 
+CHECK_TEXTS = ("Stocks rally as oil prices fall on supply hopes",
+               "The home side wins the final after extra time",
+               "A new probe reaches orbit around the red planet",
+               "Leaders meet to discuss the border agreement")
+
+
+def _check(args) -> None:
+    """Train ``--steps`` LoRA steps of ``--model`` on 4 short labelled sentences."""
+    import datasets
+    import torch
+
+    from pollen.config import RunConfig
+    from pollen.device import node_device, peak_memory_mb, reset_peak_memory
+    from pollen.models import build_model
+    from pollen.training import make_loader, torch_dataset, train
+
+    config = RunConfig(model=args.model, device=args.device)
+    device = node_device(config)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}); device "
+          f"{device} ({where})")
+    rows = datasets.Dataset.from_dict({"text": list(CHECK_TEXTS) * args.batch_size,
+                                       "label": list(range(len(CHECK_TEXTS))) * args.batch_size})
+    loader = make_loader(torch_dataset(rows, "text", args.model, 32), args.batch_size,
+                         shuffle=True, seed=0)
+    started = time.perf_counter()
+    model = build_model(config, num_classes=len(CHECK_TEXTS))
+    built = time.perf_counter() - started
+    reset_peak_memory(device)
+    result = train(model, loader, epochs=1, lr=1e-3, device=device, max_steps=args.steps)
+    if not result.loss == result.loss:  # NaN
+        raise ValueError(f"training on {device} gave a NaN loss")
+    print(f"{args.model} + LoRA built in {built:.1f} s; {args.steps} steps of "
+          f"{args.batch_size} in {result.seconds:.1f} s "
+          f"({args.steps * args.batch_size / result.seconds:.0f} samples/s), loss "
+          f"{result.loss:.3f}, peak memory {peak_memory_mb(device):.0f} MiB")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pollen", description=__doc__.splitlines()[0])
     groups = parser.add_subparsers(dest="group", required=True)
@@ -173,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--run", dest="run_dir", required=True, help="the run folder")
     export.add_argument("--merged", required=True, help="the output folder")
     export.set_defaults(run=_export)
+    check = groups.add_parser("check", help="train a few LoRA steps on this machine's device")
+    check.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    check.add_argument("--model", default="minilm", help="a classifier of the catalog")
+    check.add_argument("--steps", type=int, default=20)
+    check.add_argument("--batch-size", type=int, default=16)
+    check.set_defaults(run=_check)
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -28,19 +28,16 @@ import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    PathologicalPartitioner,
-)
-from flwr_datasets.partitioner.partitioner import Partitioner
 
 from pollen.config import TABLE_SUFFIXES, ConfigError, RunConfig
 from pollen.seeding import derive_seed
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner.partitioner import Partitioner
+
 from pollen.tables import NATURAL_ID, Columns, build_table, from_hub, read_own_table, read_table
 
 datasets.disable_progress_bars()
@@ -197,6 +194,11 @@ LABEL_PARTITIONERS = ("dirichlet", "pathological")
 
 def build_partitioner(config: RunConfig, num_partitions: int, num_classes: int,
                       pool: datasets.Dataset) -> Partitioner:
+    # Imported here: flwr_datasets.partitioner imports its plotting helpers (seaborn,
+    # scipy.stats), about 2 s that a deployed client reading its own file never needs.
+    from flwr_datasets.partitioner import (DirichletPartitioner, IidPartitioner,
+                                           NaturalIdPartitioner, PathologicalPartitioner)
+
     if config.partitioner == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if config.partitioner == "natural-id":

@@ -38,6 +38,23 @@ def node_device(config: RunConfig, requested: str | None = None) -> torch.device
     return device
 
 
+def limit_cpu_threads(requested: object) -> None:
+    """A node's cap on torch's CPU threads (node config ``threads``), for nodes that share
+    a machine: two deployed clients on 2 cores each running torch's default of 2 threads
+    oversubscribe it (Flower's simulation gives each client one CPU). None: torch's
+    default, every core."""
+    if requested is None:
+        return
+    try:
+        threads = int(str(requested))
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ConfigError(f"node config threads must be a whole number of at least 1, got "
+                          f"{requested!r}")
+    torch.set_num_threads(threads)
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision elsewhere."""
     if device.type == "cuda":

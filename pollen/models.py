@@ -21,6 +21,7 @@ from pollen.catalog import (MODEL_NAMES, TINY_BERTS, TRUNCATED_CAUSAL_LAYERS,
                             TRUNCATED_MINILM_LAYERS, is_causal, modality_of)
 from pollen.config import RunConfig
 from pollen.errors import ConfigError
+from pollen.nodecache import gguf_as_transformers
 from pollen.seeding import derive_seed
 
 
@@ -82,9 +83,10 @@ FLOAT32 = WeightFormat()
 
 @functools.lru_cache(maxsize=2)
 def _loaded_causal_lm(model_name: str, weights: WeightFormat) -> nn.Module:
-    """A causal LM as loaded (GGUF dequantised to float32: about 24 s for SmolLM2 on 2
-    cores, then cast or quantised to ``weights``), once per process; builders hand out
-    copies."""
+    """A causal LM as loaded (then cast or quantised to ``weights``), once per process;
+    builders hand out copies. A GGUF file is read from its float32 transformers copy in
+    the node's cache (``pollen.nodecache``: dequantising SmolLM2 takes about 24 s on 2
+    cores, loading the copy about 1 s)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = weights.from_pretrained_kwargs()
@@ -94,8 +96,8 @@ def _loaded_causal_lm(model_name: str, weights: WeightFormat) -> nn.Module:
         except (OSError, ValueError) as error:
             raise ConfigError(f"model '{model_name}' could not be loaded (is the Hugging "
                               f"Face Hub reachable?): {error}") from error
-    path = gguf_file(model_name)
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+    folder = gguf_as_transformers(gguf_file(model_name), "model")
+    return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
 def build_causal_lm(model_name: str, seed: int, weights: WeightFormat = FLOAT32) -> nn.Module:
@@ -181,7 +183,7 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
 
 def build_tokenizer(model_name: str):
     """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); SmolLM2's (from
-    its GGUF file, about 9 s to read) serves smollm2, tiny-llama and their depth families;
+    its GGUF file, about 9 s to read, so from the node cache's copy) serves smollm2, tiny-llama and their depth families;
     hub models and GGUF paths bring theirs. Shared per process: callers only read it."""
     base = TRUNCATED_CAUSAL_LAYERS.get(model_name, (model_name,))[0]
     return _tokenizer("smollm2" if base == "tiny-llama" else base)
@@ -192,8 +194,8 @@ def _tokenizer(model_name: str):
     from transformers import AutoTokenizer
 
     if model_name == "smollm2" or model_name.endswith(".gguf"):
-        path = gguf_file(model_name)
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        folder = gguf_as_transformers(gguf_file(model_name), "tokenizer")
+        return AutoTokenizer.from_pretrained(folder)
     source = model_name[3:] if model_name.startswith("hf:") else minilm_dir()
     return AutoTokenizer.from_pretrained(source)
 

@@ -17,6 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from pollen.config import RunConfig
+from pollen.exchange import exchange
 from pollen.records import array_bytes, encode_records
 from pollen.training import EvalResult
 from strategies.base import PollenStrategy
@@ -106,8 +107,8 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         server_round, strategy.global_arrays, ConfigRecord(), grid))
     for message in train_messages:
         encode_records(message.content, config.wire_dtype)
-    train_replies = (list(grid.send_and_receive(train_messages, timeout=config.round_timeout))
-                     if train_messages else [])  # the server-only baseline sends none
+    train_replies = exchange(grid, train_messages, config.round_timeout)
+    train_phase_seconds = time.perf_counter() - started
     # As received: aggregation replaces the replies' tensors with their decoded float32 form.
     bytes_up_of = {m.metadata.src_node_id: array_bytes(m.content) for m in _valid(train_replies)}
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
@@ -119,7 +120,9 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         server_round, strategy.global_arrays, ConfigRecord(), grid))
     for message in eval_messages:
         encode_records(message.content, config.wire_dtype)
-    eval_replies = list(grid.send_and_receive(eval_messages, timeout=config.round_timeout))
+    eval_phase_started = time.perf_counter()
+    eval_replies = exchange(grid, eval_messages, config.round_timeout)
+    evaluate_phase_seconds = time.perf_counter() - eval_phase_started
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
 
     server_eval_started = time.perf_counter()
@@ -163,6 +166,9 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
         "client_train_seconds_max": max(train_seconds, default=0.0),
+        # From sending the train (evaluate) messages to the last reply.
+        "train_phase_seconds": train_phase_seconds,
+        "evaluate_phase_seconds": evaluate_phase_seconds,
         "server_eval_seconds": server_eval_seconds,
         "round_seconds": time.perf_counter() - started,
     }

@@ -18,6 +18,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from pollen.exchange import exchange
+
 
 class ClientSetupError(RuntimeError):
     """A client could not describe itself: its data or config is unusable."""
@@ -63,7 +65,7 @@ class ClientDirectory:
         messages = [Message(content=RecordDict({"config": ConfigRecord(self._run_config)}),
                             message_type=MessageType.QUERY, dst_node_id=node)
                     for node in new_nodes]
-        replies = list(grid.send_and_receive(messages, timeout=self._timeout))
+        replies = exchange(grid, messages, self._timeout)
         answered = set()
         for reply in replies:
             node = reply.metadata.src_node_id

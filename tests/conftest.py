@@ -5,6 +5,14 @@ import os
 # Tests never touch the network: the Hugging Face libraries read these at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The node cache (pollen.nodecache) of this test session, for every process it starts.
+if "POLLEN_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["POLLEN_CACHE_DIR"] = tempfile.mkdtemp(prefix="pollen-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["POLLEN_CACHE_DIR"], ignore_errors=True)
 
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402

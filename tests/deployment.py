@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CERTS_SCRIPT = ROOT / "deploy" / "pollen-certs.sh"
 NODE_CONFIG_KEYS = ("client-id", "data-path", "model", "device")
+# Flower's SuperExec looks for new tasks every second by default; the compose file's
+# SuperExecs (serverapp, clientapp-<i>) set the same.
+SUPEREXEC_ENV = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
 
 
 def free_port() -> int:
@@ -143,7 +146,8 @@ def loopback(folder: Path, keys: int = 3, registered: int = 2) -> Iterator[Loopb
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "pollen"\n\n[superlink.pollen]\n'
         f'address = "127.0.0.1:{control}"\nroot-certificates = "{certs / "ca.crt"}"\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, **SUPEREXEC_ENV, "FLWR_HOME": str(home),
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
     started = Started(folder, env)
     try:
         started.start("superlink", superlink_command(certs, folder / "state.db", fleet, control))

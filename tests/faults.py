@@ -42,10 +42,12 @@ def faulty_client_app(message: Message, context: Context) -> Message:
     return reply
 
 
-def grid_with_fault(num_clients: int, fault: str, faulty_clients=(0,)):
+def grid_with_fault(num_clients: int, fault: str, faulty_clients=(0,),
+                    reply_timeout: float | None = None):
     from tests.localgrid import LocalGrid
 
     grid = LocalGrid.simulation(faulty_client_app, num_clients)
+    grid.reply_timeout = reply_timeout
     for node, node_config in grid.node_configs.items():
         if node_config["partition-id"] in faulty_clients:
             node_config["fault"] = fault

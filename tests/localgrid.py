@@ -3,8 +3,10 @@
 Flower's simulation runs the same ClientApp through Ray; this stands in for the
 transport only, so that strategy and server tests run in milliseconds. Node ids are
 arbitrary numbers, renameable, to test that Pollen keys clients by their own id.
-Like the real transport, a reply that takes longer than ``timeout`` never arrives, and a
-client that raises ``Disconnected`` leaves the grid without replying.
+Like the real transport, a reply that takes longer than ``reply_timeout`` seconds never
+arrives (clients run one after the other inside ``push_messages``, so the grid, not the
+caller's clock, applies the round timeout), and a client that raises ``Disconnected``
+leaves the grid without replying.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ class Disconnected(Exception):
 
 class LocalGrid(Grid):
     def __init__(self, client_app: ClientApp | Callable[[Message, Context], Message],
-                 node_configs: dict[int, dict]) -> None:
+                 node_configs: dict[int, dict], reply_timeout: float | None = None) -> None:
         self.client_app = client_app
+        self.reply_timeout = reply_timeout
         self.node_configs = dict(node_configs)
         self._replies: dict[str, Message] = {}
         self.sent: list[Message] = []
@@ -54,8 +57,7 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_configs)
 
-    def push_messages(self, messages: Iterable[Message],
-                      timeout: float | None = None) -> Iterable[str]:
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
@@ -75,7 +77,7 @@ class LocalGrid(Grid):
             except Exception as error:  # the real runtime turns this into an error reply
                 reply = Message(Error(code=0, reason=f"{type(error).__name__}: {error}"),
                                 reply_to=message)
-            if timeout is None or time.perf_counter() - started <= timeout:
+            if self.reply_timeout is None or time.perf_counter() - started <= self.reply_timeout:
                 self._replies[message.metadata.message_id] = reply
         return ids
 
@@ -84,4 +86,4 @@ class LocalGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages, timeout))
+        return self.pull_messages(self.push_messages(messages))

@@ -9,6 +9,7 @@ with its descendants, also when the test fails.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import yaml
 from tests.deployment import (
     NODE_CONFIG_KEYS,
     ROOT,
+    SUPEREXEC_ENV,
     clientapp_executor_command,
     flags,
     free_port,
@@ -103,8 +105,17 @@ def test_a_client_with_bad_node_config_answers_with_an_error(tmp_path):
     assert outputs.read_metrics()[0]["num_replies"] == 2
 
 
+def compose_defaults(path: Path) -> dict:
+    """The compose file as Compose reads it with none of its variables set: every
+    ``${NAME:-default}`` (or ``${NAME-default}``) replaced by its default."""
+    text = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", path.read_text())
+    assert "${" not in text, "a variable without a default"
+    return yaml.safe_load(text)
+
+
 def test_compose_file_uses_the_loopback_commands():
-    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    compose = compose_defaults(ROOT / "deploy" / "docker-compose.yml")
+    gpu = compose_defaults(ROOT / "deploy" / "docker-compose.gpu.yml")
     services = compose["services"]
     tested_link = flags(superlink_command(Path("/c"), Path("/s/state.db"), 9092, 9093))
     link = flags(services["superlink"]["command"])
@@ -138,9 +149,16 @@ def test_compose_file_uses_the_loopback_commands():
         assert flags(app["command"]).keys() == flags(clientapp_executor_command(9094)).keys()
         assert flags(app["command"])["--runtime-api-address"] == f"{name}:{node['--port']}"
         data_path = dict(item.split("=") for item in node["--node-config"].split())["data-path"]
-        assert any(data_path.strip("'") in v for v in app["volumes"])
-        assert app["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+        index = name.rsplit("-", 1)[1]
+        assert app["volumes"] == [f"./data/node-{index}:/app/data:ro"]
+        assert data_path.strip("'").startswith("/app/data/")
+        assert "deploy" not in app  # CPU by default; the GPU overlay reserves one
+        assert SUPEREXEC_ENV.items() <= app["environment"].items()
+        reserved = gpu["services"][f"clientapp-{index}"]["deploy"]["resources"]["reservations"]
+        assert reserved["devices"][0]["capabilities"] == ["gpu"]
+        assert node["--auth-supernode-private-key"] == f"/app/keys/node-{index}"
     assert "pollen-runs:/app/pollen-runs" in services["serverapp"]["volumes"]
+    assert SUPEREXEC_ENV.items() <= services["serverapp"]["environment"].items()
     assert set(compose["volumes"]) == {"superlink-state", "pollen-runs", "registry-store"}
 
     # The adapter registry: the command tests/test_registry.py's loopback checks run,

@@ -160,7 +160,7 @@ def test_a_failing_client_never_stops_the_run(tmp_path, fault):
     load_task(RunConfig())  # warm the data cache, so only the injected delay is slow
     config = RunConfig(num_server_rounds=2, output_dir=str(tmp_path), run_name=fault,
                        round_timeout=SLOW_SECONDS * 0.6, local_epochs=1)
-    outputs = run(grid_with_fault(4, fault), config)
+    outputs = run(grid_with_fault(4, fault, reply_timeout=config.round_timeout), config)
     rows = outputs.read_metrics()
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, Message
-from sklearn.cluster import KMeans
 from torch import nn
 
 from pollen.records import to_array_record
@@ -111,6 +110,8 @@ def class_prototypes(features: np.ndarray, labels: np.ndarray, k: int, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(centres, their classes): k-means with k centres per class (sklearn), or the class
     mean for a class with fewer than k examples."""
+    from sklearn.cluster import KMeans  # imported here: only Mosaic's clients need sklearn
+
     centres, classes = [], []
     for label in np.unique(labels):
         members = features[labels == label]
