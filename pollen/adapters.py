@@ -7,6 +7,7 @@ tensors and their names; for plain modules the whole ``state_dict`` travels.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,17 +21,19 @@ class LayoutError(ValueError):
 
 
 def is_adapter_model(model: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """Whether peft wrapped the model. Only a process that imported peft can hold a
+    PeftModel, so a process that trains a plain model (the CNN) is spared peft's import
+    (about 3 s, transformers with it): in deployment every message is a fresh process."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def _travelling_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """peft's adapter state dict; for other models the trainable parameters (all of the
     CNN, DeMA's adapters and head)."""
-    from peft import get_peft_model_state_dict
-
     if is_adapter_model(model):
+        from peft import get_peft_model_state_dict
+
         return get_peft_model_state_dict(model)
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
@@ -80,13 +83,13 @@ def check_layout(expected: Mapping[str, tuple[int, ...]], received: Mapping[str,
 def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
                           what: str = "received tensors") -> None:
     """Overwrite the model's travelling tensors after checking names and shapes."""
-    from peft import set_peft_model_state_dict
-
     check_layout(layout(travelling_state(model)), state, what)
     device = next(model.parameters()).device
     tensors = {name: torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
                for name, array in state.items()}
     if is_adapter_model(model):
+        from peft import set_peft_model_state_dict
+
         set_peft_model_state_dict(model, tensors)
     else:  # check_layout has matched the names: strict=False only skips frozen weights
         model.load_state_dict(tensors, strict=False)
