@@ -166,7 +166,8 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         "bytes_down": sum(array_bytes(m.content) for m in train_messages + eval_messages),
         "client_train_seconds_sum": sum(train_seconds),
         "client_train_seconds_max": max(train_seconds, default=0.0),
-        # From sending the train (evaluate) messages to the last reply.
+        # From the round's start (train: sampling and encoding included) or from sending
+        # the evaluate messages, to the phase's last reply.
         "train_phase_seconds": train_phase_seconds,
         "evaluate_phase_seconds": evaluate_phase_seconds,
         "server_eval_seconds": server_eval_seconds,

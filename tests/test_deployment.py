@@ -55,6 +55,9 @@ def _check_outputs(tmp_path, run):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1]
     assert all(r["num_replies"] == 2 and r["num_failures"] == 0 for r in rows)
+    # Every message runs in a fresh ClientApp process, which reports what it cost.
+    assert all(r["startup_seconds"] > 0.5 and r["import_seconds"] > 0.5 for r in rows)
+    assert all(0 < r["train_phase_seconds"] < r["round_seconds"] for r in rows)
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
     assert "2 clients: alice" in run.stdout + run.stderr
 

@@ -79,6 +79,9 @@ def test_same_seed_same_metrics(tmp_path):
         outputs = run(LocalGrid.simulation(client_app, 6), config)
         rows.append([{k: v for k, v in r.items() if "seconds" not in k}
                      for r in outputs.read_metrics()])
+        # One process served every message: none after its first paid a start-up.
+        assert all(r["startup_seconds"] == r["import_seconds"] == 0.0
+                   for r in outputs.read_metrics())
     assert rows[0] == rows[1]
 
 

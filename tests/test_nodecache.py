@@ -72,8 +72,9 @@ def test_the_gguf_copy_is_the_same_tokenizer_and_model(cache):
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     copied = AutoTokenizer.from_pretrained(gguf_as_transformers(path, "tokenizer"))
     assert copied(text)["input_ids"] == tokenizer(text)["input_ids"]
-    assert copied.apply_chat_template([{"role": "user", "content": text}], tokenize=False) == \
-        tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False)
+    chat = [{"role": "user", "content": text}]
+    assert copied.apply_chat_template(chat, tokenize=False) == \
+        tokenizer.apply_chat_template(chat, tokenize=False)
     ids = torch.tensor([tokenizer(text)["input_ids"]])
     with torch.no_grad():
         expected = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)(ids).logits
