@@ -183,8 +183,9 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
 
 def build_tokenizer(model_name: str):
     """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); SmolLM2's (from
-    its GGUF file, 5.9 s to read here, so from the node cache's copy, 0.1 s) serves smollm2, tiny-llama and their depth families;
-    hub models and GGUF paths bring theirs. Shared per process: callers only read it."""
+    its GGUF file, 5.9 s to read here, so from the node cache's copy, 0.1 s) serves
+    smollm2, tiny-llama and their depth families; hub models and GGUF paths bring
+    theirs. Shared per process: callers only read it."""
     base = TRUNCATED_CAUSAL_LAYERS.get(model_name, (model_name,))[0]
     return _tokenizer("smollm2" if base == "tiny-llama" else base)
 
