@@ -18,8 +18,9 @@ EXPECTED_ROWS = {
 }
 
 
-# The deployment suite's quick mode (2 minutes) starts the same loopback deployment that
-# tests/test_deployment.py runs and checks; it is left out to keep the suite under 15 min.
+# The deployment suite's quick mode (2 simulations and 2 loopback deployments of one round)
+# starts the same loopback deployment that tests/test_deployment.py runs and checks; it is
+# left out to keep the suite under 15 min.
 LEFT_OUT = {"deployment"}
 
 
