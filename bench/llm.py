@@ -2,6 +2,11 @@
 
     python -m bench.llm federated [--quick] [--seeds 0,1,2] [--rounds 10] [--steps 10]
     python -m bench.llm memory [--quick]
+    python -m bench.llm gguf-cache
+
+gguf-cache: seconds to load SmolLM2's model and tokenizer from its GGUF file and from the
+node cache's transformers copy (pollen.nodecache), the first use's conversion, and the
+copy's size on disk; in a fresh cache folder.
 
 federated: AG News as classification as generation (the prompt lists World, Sports,
 Business, Sci/Tech; the response is one of them), 10 clients, Dirichlet 0.5 over the
@@ -43,6 +48,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -289,9 +296,37 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
                         "\n".join(lines), out_dir)
 
 
+def gguf_cache(out_dir: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pollen.models import gguf_file
+    from pollen.nodecache import CACHE_ENV, gguf_as_transformers
+
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="pollen-gguf-cache-")
+    path = gguf_file("smollm2")
+
+    def seconds(load) -> float:
+        started = time.perf_counter()
+        load()
+        return time.perf_counter() - started
+
+    first = seconds(lambda: [gguf_as_transformers(path, p) for p in ("model", "tokenizer")])
+    rows = [("model", AutoModelForCausalLM), ("tokenizer", AutoTokenizer)]
+    lines = ["| part | from the GGUF file s | from the cache's copy s |", "|---|---|---|"]
+    for part, loader in rows:
+        gguf = seconds(lambda: loader.from_pretrained(path.parent, gguf_file=path.name))
+        copy = seconds(lambda: loader.from_pretrained(gguf_as_transformers(path, part)))
+        lines.append(f"| {part} | {gguf:.1f} | {copy:.1f} |")
+    size = sum(f.stat().st_size for f in Path(os.environ[CACHE_ENV]).rglob("*") if f.is_file())
+    lines += ["", f"First use (reading the GGUF file and writing both copies): {first:.1f} s; "
+              f"the copies take {size / 1e6:.0f} MB."]
+    return write_report("llm-gguf-cache", "SmolLM2 from its GGUF file and from the node cache",
+                        "python -m bench.llm gguf-cache", "\n".join(lines), out_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("federated", "memory"))
+    parser.add_argument("suite", choices=("federated", "memory", "gguf-cache"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=10)
@@ -300,6 +335,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.suite == "memory":
         memory(args.quick, args.out)
+    elif args.suite == "gguf-cache":
+        print(gguf_cache(args.out).read_text())
     else:
         federated(args.quick, [int(s) for s in args.seeds.split(",")], args.rounds,
                   args.steps, args.out)

@@ -35,10 +35,10 @@ import numpy as np
 
 from pollen.config import TABLE_SUFFIXES, ConfigError, RunConfig
 from pollen.seeding import derive_seed
+from pollen.tables import NATURAL_ID, Columns, build_table, from_hub, read_own_table, read_table
+
 if TYPE_CHECKING:
     from flwr_datasets.partitioner.partitioner import Partitioner
-
-from pollen.tables import NATURAL_ID, Columns, build_table, from_hub, read_own_table, read_table
 
 datasets.disable_progress_bars()
 
@@ -195,7 +195,8 @@ LABEL_PARTITIONERS = ("dirichlet", "pathological")
 def build_partitioner(config: RunConfig, num_partitions: int, num_classes: int,
                       pool: datasets.Dataset) -> Partitioner:
     # Imported here: flwr_datasets.partitioner imports its plotting helpers (seaborn,
-    # scipy.stats), about 2 s that a deployed client reading its own file never needs.
+    # scipy.stats), about 2 s that a deployed client reading its own file never needs
+    # (and one whose split is in its node cache needs once).
     from flwr_datasets.partitioner import (DirichletPartitioner, IidPartitioner,
                                            NaturalIdPartitioner, PathologicalPartitioner)
 

@@ -85,8 +85,8 @@ FLOAT32 = WeightFormat()
 def _loaded_causal_lm(model_name: str, weights: WeightFormat) -> nn.Module:
     """A causal LM as loaded (then cast or quantised to ``weights``), once per process;
     builders hand out copies. A GGUF file is read from its float32 transformers copy in
-    the node's cache (``pollen.nodecache``: dequantising SmolLM2 took 20.8 s here on 2
-    cores, loading the copy 0.3 s)."""
+    the node's cache (``pollen.nodecache``: dequantising SmolLM2 took 17.0 s here on 2
+    cores, loading the copy 0.3 s: ``python -m bench.llm gguf-cache``)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = weights.from_pretrained_kwargs()
@@ -183,7 +183,7 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
 
 def build_tokenizer(model_name: str):
     """MiniLM's tokenizer serves MiniLM and tiny-bert (same vocabulary); SmolLM2's (from
-    its GGUF file, 5.9 s to read here, so from the node cache's copy, 0.1 s) serves
+    its GGUF file, 4.2 s to read here, so from the node cache's copy, 0.1 s) serves
     smollm2, tiny-llama and their depth families; hub models and GGUF paths bring
     theirs. Shared per process: callers only read it."""
     base = TRUNCATED_CAUSAL_LAYERS.get(model_name, (model_name,))[0]

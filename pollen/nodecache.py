@@ -5,9 +5,10 @@ survives in memory from one message to the next. Two things are worth keeping on
 node's disk (``POLLEN_CACHE_DIR``, default ``~/.cache/pollen``):
 
 - ``gguf/``: a GGUF checkpoint converted once into a transformers folder (float32
-  safetensors, memory-mapped when loaded, and its tokenizer; 517 MB for SmolLM2).
-  Measured here on 2 cores: SmolLM2 from its GGUF file 20.8 s (model) and 5.9 s
-  (tokenizer); from the copy 0.3 s and 0.1 s; the first use, converting both, 29.7 s.
+  safetensors, memory-mapped when loaded, and its tokenizer; 542 MB for SmolLM2).
+  ``python -m bench.llm gguf-cache`` on 2 cores: SmolLM2 from its GGUF file 17.0 s
+  (model) and 4.2 s (tokenizer); from the copy 0.3 s and 0.1 s; the first use, converting
+  both, 28.2 s.
 - ``splits/``: a client's train and test splits as the trainer takes them (partitioned,
   tokenised, torch format), saved with ``datasets``' ``save_to_disk`` (Arrow,
   memory-mapped by ``load_from_disk``). Partitioning imports flwr-datasets (about 2 s,
@@ -30,8 +31,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
+if TYPE_CHECKING:  # imported where used: pollen.models needs only the GGUF half
+    import datasets
 
 CACHE_ENV = "POLLEN_CACHE_DIR"
 _DATA_MODULES = ("data.py", "tables.py", "training.py", "instruct.py", "models.py")
@@ -121,6 +124,8 @@ def cached_splits(key: str, build: Callable[[], tuple[dict[str, datasets.Dataset
 
         _publish(save, target)
         return splits, facts
+    import datasets
+
     facts = json.loads((target / "facts.json").read_text())
     names = facts.pop("splits")
     return {name: datasets.load_from_disk(str(target / name)) for name in names}, facts

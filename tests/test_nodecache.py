@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import datasets
 import pytest
@@ -82,3 +83,26 @@ def test_the_gguf_copy_is_the_same_tokenizer_and_model(cache):
         assert gguf_as_transformers(path, "model") == folder  # made once
         got = AutoModelForCausalLM.from_pretrained(folder)(ids).logits
     assert torch.equal(got, expected)
+
+
+@pytest.mark.slow
+def test_a_fresh_digits_client_imports_neither_peft_nor_the_partitioners(tmp_path):
+    """What a deployed digits message costs in imports: the CNN's tensors are loaded
+    without peft (3 s), and with its split cached no flwr-datasets (2 s) or sklearn."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import client_app.app\n"
+        "from pollen.adapters import load_travelling_state, travelling_state\n"
+        "from pollen.config import RunConfig\n"
+        "from pollen.models import build_model\n"
+        "print(sorted(m for m in ('peft', 'flwr_datasets', 'sklearn') if m in sys.modules))\n"
+        "model = build_model(RunConfig(), 10)\n"
+        "load_travelling_state(model, travelling_state(model))\n"
+        "print('peft' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=str(Path(job.__file__).parents[1]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "False"]
