@@ -51,6 +51,13 @@ def _sampling_fraction(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be in (0, 1], got {value}")
 
 
+def _evaluate_fraction(key: str, value: float) -> None:
+    """0 is Flower's "no client evaluation" (``FedAvg.configure_evaluate``); the server
+    still evaluates every round."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} must be in [0, 1] (0: no client evaluation), got {value}")
+
+
 @dataclass(frozen=True)
 class RunConfig(Settings):
     """The shared keys of ``[tool.flwr.app.config]``, and the strategy's section."""
@@ -58,7 +65,7 @@ class RunConfig(Settings):
     strategy: str = setting("fedavg")  # the one method name here: the default run
     num_server_rounds: int = setting(10, at_least(1))
     fraction_train: float = setting(1.0, _sampling_fraction)
-    fraction_evaluate: float = setting(1.0, _sampling_fraction)
+    fraction_evaluate: float = setting(1.0, _evaluate_fraction)
     local_epochs: int = setting(2, at_least(1))
     max_steps: int = setting(0, at_least(0))
     lr: float = setting(AUTO, positive, auto=True)

@@ -145,6 +145,8 @@ class PollenStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate == 0.0:  # as Flower's FedAvg: no client evaluation
+            return []
         nodes = self.sample_nodes(grid, self.fraction_evaluate, self.min_evaluate_nodes,
                                   server_round, "evaluate")
         return self._messages(server_round, arrays, config, nodes, MessageType.EVALUATE)

@@ -220,3 +220,16 @@ def test_a_malformed_message_gets_an_error_reply_naming_the_problem():
                                            dst_node_id=node, message_type=MessageType.TRAIN)])[0]
     assert reply.has_error()
     assert "missing" in reply.error.reason and "features.0.weight" in reply.error.reason
+
+
+def test_fraction_evaluate_zero_sends_no_evaluate_message(tmp_path):
+    """Flower's meaning of 0: the clients only train; the server still evaluates."""
+    grid = LocalGrid.simulation(client_app, 3)
+    outputs = run(grid, run_config({"num-server-rounds": 2, "fraction-evaluate": 0.0,
+                                    "output-dir": str(tmp_path)}))
+    sent = {m.metadata.message_type for m in grid.sent}
+    assert "train" in sent and "evaluate" not in sent
+    rows = outputs.read_metrics()
+    assert all(r["client_accuracy"] is None and r["eval_accuracy"] > 0.1 for r in rows)
+    with pytest.raises(ConfigError, match=r"fraction-evaluate must be in \[0, 1\]"):
+        run_config({"fraction-evaluate": -0.1})
