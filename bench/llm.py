@@ -192,7 +192,8 @@ def _local(config, num_clients: int) -> tuple[float, float]:
         tokens = torch_dataset(local_train, "instruct", config.model, config.max_seq_len)
         train(model, make_loader(tokens, config.batch_size, True, config.seed + client),
               epochs=1, lr=config.lr, device=torch.device("cpu"), seed=config.seed + client,
-              max_steps=config.num_server_rounds * config.max_steps)
+              max_steps=config.num_server_rounds * config.max_steps,
+              optimizer=config.local_optimizer)
         scores.append(_scores(config, model))
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 

@@ -77,7 +77,8 @@ def train(msg: Message, context: Context) -> Message:
                          lr=config.round_lr(server_round),
                          device=job.device,
                          proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-                         anchor=anchor, seed=seed, max_steps=config.max_steps)
+                         anchor=anchor, seed=seed, max_steps=config.max_steps,
+                         optimizer=config.local_optimizer)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds,
                             "peak_memory_mb": peak_memory_mb(job.device),

@@ -28,6 +28,7 @@ from typing import Any
 
 from pollen.catalog import TASKS, check_model_name, is_causal, recommended
 from pollen.errors import ConfigError
+from pollen.optimizer import LocalOptimizer
 from pollen.settings import (AUTO, Section, Settings, at_least, fraction, key_of, non_empty_list,
                              non_negative, one_of, open_fraction, positive, setting,
                              split_list)
@@ -51,11 +52,9 @@ def _sampling_fraction(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be in (0, 1], got {value}")
 
 
-def _evaluate_fraction(key: str, value: float) -> None:
-    """0 is Flower's "no client evaluation" (``FedAvg.configure_evaluate``); the server
-    still evaluates every round."""
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key} must be in [0, 1] (0: no client evaluation), got {value}")
+def _momentum(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key} must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,15 @@ class RunConfig(Settings):
     strategy: str = setting("fedavg")  # the one method name here: the default run
     num_server_rounds: int = setting(10, at_least(1))
     fraction_train: float = setting(1.0, _sampling_fraction)
-    fraction_evaluate: float = setting(1.0, _evaluate_fraction)
+    # 0: no client evaluation, Flower's meaning (``FedAvg.configure_evaluate``); the
+    # server still evaluates every round.
+    fraction_evaluate: float = setting(1.0, fraction)
     local_epochs: int = setting(2, at_least(1))
     max_steps: int = setting(0, at_least(0))
     lr: float = setting(AUTO, positive, auto=True)
+    optimizer: str = setting("adamw", one_of("adamw", "sgd"))
+    momentum: float = setting(0.0, _momentum)
+    weight_decay: float = setting(0.0, non_negative)
     batch_size: int = setting(AUTO, at_least(1), auto=True)
     seed: int = setting(42)
     output_dir: str = setting("pollen-runs")
@@ -197,6 +201,10 @@ class RunConfig(Settings):
         return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(phase))
 
     @property
+    def local_optimizer(self) -> LocalOptimizer:
+        return LocalOptimizer(self.optimizer, self.momentum, self.weight_decay)
+
+    @property
     def class_name_list(self) -> list[str]:
         return split_list(self.class_names)
 
@@ -229,6 +237,9 @@ class RunConfig(Settings):
             raise ConfigError(f"registry-address must be HOST:PORT, got '{self.registry_address}'")
         if not self.output_dir:
             raise ConfigError("output-dir is empty")
+        if self.momentum and self.optimizer != "sgd":
+            raise ConfigError(f"momentum ({self.momentum:g}) applies to optimizer 'sgd' only; "
+                              f"optimizer is '{self.optimizer}'")
         if self.lr_schedule == "cosine" and self.lr_min >= self.lr:
             raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
                               "lr-schedule 'cosine'")

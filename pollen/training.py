@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from pollen import instruct
 from pollen.device import autocast
+from pollen.optimizer import LocalOptimizer
 
 TEXT_FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -89,9 +90,10 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor],
 def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
           device: torch.device, proximal_mu: float = 0.0,
           anchor: list[torch.Tensor] | None = None, seed: int = 0,
-          max_steps: int = 0) -> TrainResult:
-    """AdamW on the trainable parameters for ``epochs`` passes, or with ``max_steps`` > 0
-    for exactly that many steps (passes repeat as needed; FlowerTune's ``max-steps``).
+          max_steps: int = 0, optimizer: LocalOptimizer = LocalOptimizer()) -> TrainResult:
+    """``optimizer`` (AdamW by default) on the trainable parameters for ``epochs`` passes,
+    or with ``max_steps`` > 0 for exactly that many steps (passes repeat as needed;
+    FlowerTune's ``max-steps``).
 
     With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - a||^2 over the trainable
     parameters: a = ``anchor`` (a ``trainable_snapshot``) when given, else the values on
@@ -106,7 +108,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
         anchor = trainable_snapshot(model)
     else:
         anchor = [a.to(device) for a in anchor]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    step_rule = optimizer.build(params, lr)
     total_loss, steps = 0.0, 0
     start = time.perf_counter()
     for _ in itertools.count() if max_steps else range(epochs):
@@ -114,9 +116,9 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
             with autocast(device):
                 loss = batch_loss(model, batch, device)
             objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
-            optimizer.zero_grad(set_to_none=True)
+            step_rule.zero_grad(set_to_none=True)
             objective.backward()
-            optimizer.step()
+            step_rule.step()
             total_loss += loss.item()
             steps += 1
             if steps == max_steps:

@@ -1,11 +1,15 @@
 import numpy as np
+import pytest
 import torch
 
 from pollen.adapters import travelling_state
 from pollen.config import RunConfig
 from pollen.data import client_split, load_task
+from pollen.errors import ConfigError
 from pollen.models import build_model
-from pollen.training import evaluate, make_loader, torch_dataset, train
+from pollen.optimizer import LocalOptimizer
+from pollen.training import batch_loss, evaluate, make_loader, torch_dataset, train
+from strategies import run_config
 
 CPU = torch.device("cpu")
 
@@ -48,3 +52,31 @@ def test_same_seed_same_weights():
         results.append(travelling_state(model))
     for name in results[0]:
         np.testing.assert_array_equal(results[0][name], results[1][name])
+
+
+def test_sgd_step_is_w_minus_lr_times_the_gradient():
+    """optimizer = sgd: one step of train() moves every weight by exactly -lr * grad
+    (momentum and weight decay 0), where AdamW's first step is -lr * sign(grad)."""
+    config = run_config({"optimizer": "sgd"})
+    loader = _digits_loader(seed=3)
+    model = build_model(RunConfig(), 10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(3)
+    batch = next(iter(make_loader(loader.dataset, 32, True, 3)))
+    batch_loss(model, batch, CPU).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    train(model, make_loader(loader.dataset, 32, True, 3), epochs=1, lr=0.05, device=CPU,
+          seed=3, max_steps=1, optimizer=config.local_optimizer)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name] - 0.05 * grads[name])
+    assert config.local_optimizer == LocalOptimizer("sgd", 0.0, 0.0)
+
+
+def test_momentum_is_refused_without_sgd():
+    with pytest.raises(ConfigError, match="momentum .* applies to optimizer 'sgd' only"):
+        run_config({"momentum": 0.9})
+    with pytest.raises(ConfigError, match="unknown optimizer 'lbfgs'"):
+        run_config({"optimizer": "lbfgs"})
+    assert run_config({"optimizer": "sgd", "momentum": 0.9}).local_optimizer.momentum == 0.9
+

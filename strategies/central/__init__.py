@@ -13,7 +13,7 @@ def build(setup: ServerSetup) -> Central:
     return Central(model=setup.model,
                    server_set=torch_dataset(everything, setup.modality, c.model, c.max_seq_len),
                    epochs=c.local_epochs, max_steps=c.max_steps, round_lr=c.round_lr,
-                   batch_size=c.batch_size, **setup.common())
+                   batch_size=c.batch_size, optimizer=c.local_optimizer, **setup.common())
 
 
 SPEC = MethodSpec("central", build=build, server_data=True, server_labels=True)

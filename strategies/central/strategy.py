@@ -2,7 +2,8 @@
 
 Each round the server trains the global model on all of D_s (search and held-out parts)
 for ``local-epochs`` passes (or ``max-steps`` steps) with the clients' optimiser
-settings (AdamW, ``lr`` and its per-round schedule, ``batch-size``); no client trains.
+settings (``optimizer``, ``lr`` and its per-round schedule, ``batch-size``); no client
+trains.
 Clients still evaluate the new global model on their local test splits, so the metrics
 row is comparable with the federated strategies'.
 
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pollen.adapters import load_travelling_state, travelling_state
+from pollen.optimizer import LocalOptimizer
 from pollen.records import from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import make_loader, train
@@ -30,16 +32,18 @@ from strategies.base import PollenStrategy
 
 class Central(PollenStrategy):
     def __init__(self, *, model: nn.Module, server_set: Dataset, epochs: int, max_steps: int,
-                 round_lr: Callable[[int], float], batch_size: int, **kwargs) -> None:
+                 round_lr: Callable[[int], float], batch_size: int,
+                 optimizer: LocalOptimizer, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.optimizer = optimizer
         self.model, self.server_set = model, server_set
         self.epochs, self.max_steps = epochs, max_steps
         self.round_lr, self.batch_size = round_lr, batch_size
 
     def summary(self) -> None:
         log(INFO, "\t├──> Central (server-only): %d labeled server examples, %d epoch(s) a "
-            "round, lr %g in round 1, batch %d; no client trains", len(self.server_set),
-            self.epochs, self.round_lr(1), self.batch_size)
+            "round, %s lr %g in round 1, batch %d; no client trains", len(self.server_set),
+            self.epochs, self.optimizer.name, self.round_lr(1), self.batch_size)
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -56,6 +60,6 @@ class Central(PollenStrategy):
         result = train(self.model, make_loader(self.server_set, self.batch_size, shuffle=True,
                                                seed=seed),
                        epochs=self.epochs, lr=self.round_lr(server_round), device=device,
-                       seed=seed, max_steps=self.max_steps)
+                       seed=seed, max_steps=self.max_steps, optimizer=self.optimizer)
         self.global_arrays = to_array_record(travelling_state(self.model))
         return self.global_arrays, MetricRecord({"train_loss": result.loss})
