@@ -48,6 +48,38 @@ def run_in_process(overrides: dict, num_clients: int, run_name: str
     return outputs.run_dir, outputs.read_metrics(), time.perf_counter() - started
 
 
+class Cells:
+    """A bench's (seed, row) results, kept in a JSON file as each ends, so that an
+    interrupted bench resumes where it stopped; keys are ``"<seed>/<row>"``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, seed: int, row: str, compute) -> dict:
+        """The stored cell, or ``compute()``'s (a JSON-able dict), stored now."""
+        key = f"{seed}/{row}"
+        if key not in self.done:
+            started = time.perf_counter()
+            self.done[key] = compute()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.done, indent=1))
+            print(f"{key}: {time.perf_counter() - started:.0f} s", flush=True)
+        return self.done[key]
+
+    def of(self, row: str, seeds: list[int]) -> list[dict]:
+        """The row's cells over ``seeds``, those done so far."""
+        return [self.done[f"{s}/{row}"] for s in seeds if f"{s}/{row}" in self.done]
+
+
+def mean_std(values) -> str:
+    """``mean +- std`` (the sample std over seeds; 0 for one seed)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return f"{values.mean():.3f} +- {values.std(ddof=1 if len(values) > 1 else 0):.3f}"
+
+
 def rounds_to_reach(rows: list[dict], target: float) -> int | None:
     """First round whose global accuracy is at least ``target``; None if never."""
     return next((r["round"] for r in rows if r["eval_accuracy"] >= target), None)

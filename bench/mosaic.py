@@ -1,113 +1,102 @@
-"""Mosaic against FedAvg and FedProx at equal total rounds, on skewed splits.
+"""Mosaic against FedAvg on digits, in the official code's regime, over seeds (#19).
 
-    python -m bench.mosaic digits [--rounds 20]
+    python -m bench.mosaic [--seeds 0,1,2] [--alphas 0.1,0.05] [--warmup 40] [--after 20]
 
-(Mosaic on AG News with MiniLM + LoRA, next to every other strategy on the same splits:
-``python -m bench accuracy``.)
-digits: the CNN, 10 clients, Dirichlet 0.01, 0.1 and 1.0; Mosaic warms up for half the
-rounds, trains generators in the next and continues with FedAvg. Same seed
-(42), splits and total rounds in every row; global accuracy on the server's test split.
-The second Mosaic row trains the meta model on the prototypes of every round (the
-official code's reading, ``mosaic.prototype-rounds = all``). Reports, per row, every round, the final and best accuracy, and for Mosaic the accuracy
-just before and after distillation, the teacher's, the meta model's prototype accuracy, the
-distillation KL and the wall time of each stage. Expected duration on 2 CPU cores: about
-15 minutes.
+The CNN, 10 clients, Dirichlet ``--alphas`` over the label, every client every round.
+The official client recipe: plain SGD (lr 0.01, no momentum), 10 steps of 32 examples a
+round; the clients' lr drops to 1e-4 from the round after the generator round
+(``lr-schedule=step``). Mosaic warms up for ``--warmup`` rounds, trains generators in
+the next and distils (1,500 steps, prototypes of every round, k = 10, the do-no-harm
+gate on: Pollen's defaults), then ``--after`` rounds of FedAvg. FedAvg gets the same
+rounds and the same lr drop, on the same splits and seeds. Reported: final accuracy on
+the server's test split, mean +- std over the seeds; Mosaic "wins" when its mean exceeds
+FedAvg's by more than the larger of the two stds; and for each Mosaic run the generator
+round: the FedAvg model's accuracy before distillation, the teacher's, the distilled
+model's (test split), the teacher's and student's on held-out prototypes, and whether it
+distilled. Each (seed, row) cell is kept in ``pollen-runs/bench/mosaic-cells-*.json``;
+a rerun resumes. Expected duration on 2 CPU cores: about 2 minutes a cell (12 cells).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+from pathlib import Path
 
-from bench.common import simulate, write_report
+import numpy as np
 
-DIGITS = {"dataset": "digits", "model": "cnn", "lr": 0.01, "local-epochs": 2,
-          # Dirichlet 0.01 leaves two clients with 2 train examples each; k <= 2 for all.
-          "mosaic.prototypes": 2}
-ALPHAS = {"digits": (0.01, 0.1, 1.0)}
+from bench.common import DOCS, RUNS, Cells, mean_std, run_in_process, write_report
 
-
-def _stage_seconds(rows: list[dict]) -> str:
-    by_stage: dict[str, float] = {}
-    for row in rows:
-        by_stage[row["mosaic_stage"]] = by_stage.get(row["mosaic_stage"], 0.0) + row["round_seconds"]
-    generator = next(r for r in rows if r["mosaic_stage"] == "generator")
-    server = generator.get("mosaic_seconds", {})
-    return (f"warm-up {by_stage.get('warmup', 0.0):.0f} s, generator round "
-            f"{by_stage['generator']:.0f} s (clients' generator training "
-            f"{generator.get('generator_seconds', 0.0):.1f} s mean per client; server: experts "
-            f"{server.get('experts', 0.0):.1f} s, meta model {server.get('meta', 0.0):.1f} s, "
-            f"distillation {server.get('distill', 0.0):.1f} s), FedAvg after "
-            f"{by_stage.get('fedavg', 0.0):.0f} s")
+OFFICIAL_RECIPE = {"dataset": "digits", "model": "cnn", "optimizer": "sgd", "lr": 0.01,
+                   "max-steps": 10, "batch-size": 32, "lr-schedule": "step", "lr-min": 1e-4,
+                   "fraction-evaluate": 0.0}
+GENERATOR_FIELDS = ("mosaic_accuracy_before_distillation", "mosaic_teacher_accuracy",
+                    "mosaic_accuracy_after_distillation", "mosaic_teacher_heldout_accuracy",
+                    "mosaic_student_heldout_accuracy", "mosaic_distillation_skipped")
 
 
-def _alpha_table(alpha: float, results: dict[str, tuple[list[dict], float]],
-                 rounds: int, warmup: int) -> list[str]:
-    labels = list(results)
-    lines = [f"### Dirichlet {alpha}", "", "| round | " + " | ".join(labels) + " |",
-             "|---" * (1 + len(labels)) + "|"]
-    for i in range(rounds):
-        mark = " (generator round)" if i == warmup else ""
-        lines.append(f"| {i + 1}{mark} | " + " | ".join(
-            f"{results[label][0][i]['eval_accuracy']:.4f}" for label in labels) + " |")
-    fedavg_final = results["fedavg"][0][-1]["eval_accuracy"]
-    lines += ["", "| row | final acc | best acc | final − FedAvg's | wall s |",
-              "|---|---|---|---|---|"]
-    for label in labels:
-        rows, seconds = results[label]
-        final = rows[-1]["eval_accuracy"]
-        lines.append(f"| {label} | {final:.4f} | {max(r['eval_accuracy'] for r in rows):.4f} | "
-                     f"{final - fedavg_final:+.4f} | {seconds:.0f} |")
-    for label in (l for l in labels if l.startswith("mosaic")):
-        lines += _generator_round(label, results[label][0])
-    return lines
+def _cell(row: str, seed: int, alpha: float, warmup: int, after: int) -> dict:
+    rounds = warmup + 1 + after
+    keys = {**OFFICIAL_RECIPE, "partitioner": "dirichlet", "dirichlet-alpha": alpha,
+            "seed": seed, "num-server-rounds": rounds, "lr-step-round": warmup + 2,
+            "strategy": row}
+    if row == "mosaic":
+        keys["mosaic.warmup-rounds"] = warmup
+    _, rows, _ = run_in_process(keys, 10, f"mosaic-bench-{row}-a{alpha}-seed{seed}")
+    cell = {"curve": [r["eval_accuracy"] for r in rows]}
+    if row == "mosaic":
+        generator = rows[warmup]
+        cell.update({name: generator.get(name) for name in GENERATOR_FIELDS})
+    return cell
 
 
-def _generator_round(label: str, rows: list[dict]) -> list[str]:
-    generator = next(r for r in rows if r["mosaic_stage"] == "generator")
-    if "mosaic_distillation_skipped" in generator:
-        lines = ["", f"{label} did not distil: {generator['mosaic_distillation_skipped']}"]
-    else:
-        lines = ["", f"{label}, generator round: accuracy before distillation "
-                  f"{generator['mosaic_accuracy_before_distillation']:.4f}, after "
-                  f"{generator['mosaic_accuracy_after_distillation']:.4f}; the teacher (meta "
-                  f"model over the experts) {generator['mosaic_teacher_accuracy']:.4f}; meta "
-                  f"model on its "
-                  f"{generator['mosaic_prototypes']} prototypes "
-                  f"{generator['mosaic_meta_prototype_accuracy']:.4f}; distillation KL to the "
-                  f"teacher {generator['mosaic_distill_kl_before']:.4f} -> "
-                  f"{generator['mosaic_distill_kl_after']:.4f}; generators "
-                  f"{len(generator['mosaic_generators'])}, skipped "
-                  f"{generator['mosaic_generators_skipped_count']}."]
-    return lines + [f"Stage wall times: {_stage_seconds(rows)}.", ""]
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=ALPHAS)
-    parser.add_argument("--rounds", type=int, default=None)
-    args = parser.parse_args()
-    rounds = args.rounds or 20
-    warmup, data = rounds // 2, DIGITS
-    lines = [f"{args.suite}: 10 clients, {rounds} rounds in every row, seed 42. Mosaic: "
-             f"{warmup} warm-up rounds (FedAvg), generator round {warmup + 1}, then FedAvg; "
-             f"run config `{data}` on top of the defaults (FedProx mu 0.01).", ""]
-    mosaic = {"strategy": "mosaic", "mosaic.warmup-rounds": warmup}
-    variants = [("mosaic", mosaic),
-                ("mosaic (all rounds' prototypes)", {**mosaic, "mosaic.prototype-rounds": "all"}),
-                ("fedavg", {"strategy": "fedavg"}), ("fedprox", {"strategy": "fedprox"})]
-    for alpha in ALPHAS[args.suite]:
-        results = {}
-        for label, overrides in variants:
-            _, rows, seconds = simulate({**data, "partitioner": "dirichlet",
-                                         "dirichlet-alpha": alpha, "seed": 42, **overrides,
-                                         "num-server-rounds": rounds}, 10,
-                                        f"mosaic-{args.suite}-{alpha}-"
-                                        + re.sub(r"\W+", "-", label).strip("-"))
-            results[label] = (rows, seconds)
-        lines += _alpha_table(alpha, results, rounds, warmup)
-    write_report(f"mosaic-{args.suite}", f"Mosaic vs FedAvg vs FedProx ({args.suite})",
-                 f"python -m bench.mosaic {args.suite} --rounds {rounds}", "\n".join(lines))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--alphas", default="0.1,0.05")
+    parser.add_argument("--warmup", type=int, default=40)
+    parser.add_argument("--after", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    alphas = [float(a) for a in args.alphas.split(",")]
+    cells = Cells(RUNS / f"mosaic-cells-w{args.warmup}-a{args.after}.json")
+    lines = [f"digits, the CNN, 10 clients, SGD lr 0.01 x 10 steps of 32 a round, "
+             f"{args.warmup} warm-up rounds, generator round {args.warmup + 1}, "
+             f"{args.after} rounds after at lr 1e-4 (FedAvg: the same rounds and lr drop); "
+             f"seeds {args.seeds}; accuracy on the server's test split.", "",
+             "| Dirichlet | fedavg final | mosaic final | mosaic - fedavg | wins (> 1 std) |",
+             "|---|---|---|---|---|"]
+    details = ["", "Mosaic's generator round, per seed (test-split accuracy of the FedAvg "
+               "model before distillation, of the teacher and of the distilled model; "
+               "teacher and student on held-out prototypes):", "",
+               "| Dirichlet | seed | before | teacher | after | teacher (prototypes) | "
+               "student (prototypes) | distilled |", "|---|---|---|---|---|---|---|---|"]
+    for alpha in alphas:
+        finals = {}
+        for row in ("fedavg", "mosaic"):
+            for seed in seeds:
+                cells.get(seed, f"{row}-a{alpha}",
+                          lambda row=row, seed=seed: _cell(row, seed, alpha, args.warmup,
+                                                           args.after))
+            finals[row] = np.array([c["curve"][-1] for c in cells.of(f"{row}-a{alpha}", seeds)])
+        stds = [finals[r].std(ddof=1 if len(seeds) > 1 else 0) for r in finals]
+        gap = finals["mosaic"].mean() - finals["fedavg"].mean()
+        lines.append(f"| {alpha} | {mean_std(finals['fedavg'])} | {mean_std(finals['mosaic'])} "
+                     f"| {gap:+.3f} | {'yes' if gap > max(stds) else 'no'} |")
+        for seed, cell in zip(seeds, cells.of(f"mosaic-a{alpha}", seeds)):
+            def number(name: str) -> str:
+                return "-" if cell.get(name) is None else f"{cell[name]:.3f}"
+            details.append(
+                f"| {alpha} | {seed} | {number('mosaic_accuracy_before_distillation')} | "
+                f"{number('mosaic_teacher_accuracy')} | "
+                f"{number('mosaic_accuracy_after_distillation')} | "
+                f"{number('mosaic_teacher_heldout_accuracy')} | "
+                f"{number('mosaic_student_heldout_accuracy')} | "
+                f"{cell.get('mosaic_distillation_skipped') or 'yes'} |")
+    return write_report("mosaic-digits", "Mosaic vs FedAvg on digits (official regime)",
+                        f"python -m bench.mosaic --seeds {args.seeds} --alphas {args.alphas} "
+                        f"--warmup {args.warmup} --after {args.after}",
+                        "\n".join(lines + details), args.out)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ class RunConfig(Settings):
     input_column: str = setting("input")
     response_column: str = setting("output")
     max_new_tokens: int = setting(8, at_least(1))
-    lr_schedule: str = setting("constant", one_of("constant", "cosine"))
+    lr_schedule: str = setting("constant", one_of("constant", "cosine", "step"))
     lr_min: float = setting(0.0, non_negative)
+    lr_step_round: int = setting(0, at_least(0))
     model: str = setting("cnn", check_model_name)
     max_seq_len: int = setting(64, at_least(8))
     gradient_checkpointing: bool = setting(False)
@@ -194,9 +195,13 @@ class RunConfig(Settings):
         """The clients' learning rate in ``server_round`` (1-based). 'cosine' is
         FlowerTune's per-round schedule,
             lr_min + (lr - lr_min) (1 + cos(pi server_round / num_server_rounds)) / 2,
-        which reaches lr_min in the last round."""
+        which reaches lr_min in the last round. 'step' keeps lr until round
+        ``lr-step-round`` and trains at lr_min from that round on (Mosaic's official
+        schedule drops the clients' lr right after distillation)."""
         if self.lr_schedule == "constant":
             return self.lr
+        if self.lr_schedule == "step":
+            return self.lr if server_round < self.lr_step_round else self.lr_min
         phase = math.pi * server_round / self.num_server_rounds
         return self.lr_min + 0.5 * (self.lr - self.lr_min) * (1 + math.cos(phase))
 
@@ -240,9 +245,13 @@ class RunConfig(Settings):
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(f"momentum ({self.momentum:g}) applies to optimizer 'sgd' only; "
                               f"optimizer is '{self.optimizer}'")
-        if self.lr_schedule == "cosine" and self.lr_min >= self.lr:
+        if self.lr_schedule != "constant" and self.lr_min >= self.lr:
             raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
-                              "lr-schedule 'cosine'")
+                              f"lr-schedule '{self.lr_schedule}'")
+        if self.lr_schedule == "step" and not 2 <= self.lr_step_round <= self.num_server_rounds:
+            raise ConfigError(f"lr-schedule 'step' needs lr-step-round, the first round at "
+                              f"lr-min, in 2..num-server-rounds ({self.num_server_rounds}); "
+                              f"got {self.lr_step_round}")
         if self.gradient_checkpointing and self.model == "cnn":
             raise ConfigError("gradient-checkpointing recomputes transformer layers; model "
                               "'cnn' has none")

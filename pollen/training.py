@@ -144,21 +144,38 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor],
                                        batch["label"].to(device))
 
 
+def macro_f1(truth: torch.Tensor, predicted: torch.Tensor) -> float:
+    """Mean over the classes present in either of F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)
+    (sklearn's ``f1_score(average="macro")``; here so that a client that evaluates a
+    classifier imports no sklearn). Under label skew it tells a majority-class predictor
+    (one class at F1 > 0, the others 0) from a real one at the same accuracy."""
+    classes = torch.unique(torch.cat([truth, predicted]))
+    scores = []
+    for c in classes:
+        tp = ((predicted == c) & (truth == c)).sum()
+        wrong = ((predicted == c) != (truth == c)).sum()  # FP + FN
+        scores.append(float(2 * tp / (2 * tp + wrong)))
+    return sum(scores) / len(scores)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
     model.to(device).eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, truth, predicted = 0.0, [], []
     for batch in loader:
         labels = batch["label"].to(device)
         with autocast(device):
             logits = logits_of(model, batch, device).float()
         total_loss += criterion(logits, labels).item()
-        correct += (logits.argmax(dim=-1) == labels).sum().item()
-        count += len(labels)
-    if count == 0:
+        truth.append(labels.cpu())
+        predicted.append(logits.argmax(dim=-1).cpu())
+    if not truth:
         raise ValueError("cannot evaluate on an empty split")
-    return EvalResult(total_loss / count, correct / count, count)
+    truth_all, predicted_all = torch.cat(truth), torch.cat(predicted)
+    count = len(truth_all)
+    return EvalResult(total_loss / count, float((truth_all == predicted_all).sum()) / count,
+                      count, {"macro_f1": macro_f1(truth_all, predicted_all)})
 
 
 Evaluate = Callable[[nn.Module, DataLoader, torch.device], EvalResult]

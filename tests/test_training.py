@@ -80,3 +80,27 @@ def test_momentum_is_refused_without_sgd():
         run_config({"optimizer": "lbfgs"})
     assert run_config({"optimizer": "sgd", "momentum": 0.9}).local_optimizer.momentum == 0.9
 
+
+
+@pytest.mark.parametrize("truth,predicted", [
+    ([0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2]),
+    ([1, 1, 1, 0], [1, 1, 1, 1]),  # the majority-class predictor
+    ([3, 3, 5], [3, 5, 5]),
+])
+def test_macro_f1_matches_sklearn(truth, predicted):
+    from sklearn.metrics import f1_score
+
+    from pollen.training import macro_f1
+    assert macro_f1(torch.tensor(truth), torch.tensor(predicted)) == pytest.approx(
+        f1_score(truth, predicted, average="macro"))
+
+
+def test_the_step_schedule_drops_to_lr_min_at_lr_step_round():
+    config = run_config({"lr-schedule": "step", "lr": 0.01, "lr-min": 0.0001,
+                         "lr-step-round": 3, "num-server-rounds": 5})
+    assert [config.round_lr(r) for r in range(1, 6)] == [0.01, 0.01, 0.0001, 0.0001, 0.0001]
+    with pytest.raises(ConfigError, match="lr-step-round, the first round at lr-min, in "
+                                          r"2..num-server-rounds \(5\); got 0"):
+        run_config({"lr-schedule": "step", "lr": 0.01, "num-server-rounds": 5})
+    with pytest.raises(ConfigError, match="lr-min .* must be below lr .* 'step'"):
+        run_config({"lr-schedule": "step", "lr": 0.01, "lr-min": 0.1, "lr-step-round": 2})

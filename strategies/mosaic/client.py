@@ -24,7 +24,9 @@ client here holds ~100 digits, and 200 steps at 2e-4 left the samples noise whil
 the PNG grid a run writes). For transformers the real inputs
 are the word embeddings of the first ``mosaic.sequence-length`` tokens (with their
 attention mask), and G emits sequences of that length. A generator whose weights or
-samples are not finite is not uploaded; the reply says so.
+samples are not finite is not uploaded; the reply says so. A client with fewer than
+``mosaic.min-generator-examples`` train examples trains no generator (it still trains,
+and sends its prototypes and class counts); the reply says how many it holds.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ STAGE_KEY = "mosaic-stage"
 # The reply's extra ArrayRecords.
 PROTOTYPES_KEY = "mosaic-prototypes"
 GENERATOR_KEY = "mosaic-generator"
+# The reply's metric when the client holds fewer than ``mosaic.min-generator-examples``
+# train examples: how many it holds (it sends no generator; a GAN's discriminator on a
+# handful of examples learns nothing a teacher could use).
+GENERATOR_TOO_FEW_KEY = "generator_too_few_examples"
 
 
 class MosaicClient(ClientHalf):
@@ -78,6 +84,9 @@ class MosaicClient(ClientHalf):
         """In the generator round, the generator trained against the local model."""
         if message.content["config"].get(STAGE_KEY) != GENERATOR:
             return {}, {}
+        held = len(job.data.train)
+        if held < job.config.method.min_generator_examples:
+            return {}, {GENERATOR_TOO_FEW_KEY: float(held)}
         weights, metrics = train_generator(job, model, seed)
         records = ({} if weights is None
                    else {GENERATOR_KEY: to_array_record(weights, job.config.wire_dtype)})

@@ -9,6 +9,7 @@ from pollen.config import (
     at_least,
     non_negative,
     one_of,
+    open_fraction,
     positive,
     setting,
 )
@@ -24,8 +25,8 @@ class MosaicConfig(Section):
         "student-family")}
 
     warmup_rounds: int = setting(2, at_least(0))
-    prototypes: int = setting(5, at_least(1))
-    prototype_rounds: str = setting("latest", one_of("latest", "all"))
+    prototypes: int = setting(10, at_least(1))
+    prototype_rounds: str = setting("all", one_of("latest", "all"))
     generator_steps: int = setting(500, at_least(1))
     generator_lr: float = setting(0.001, positive)
     adversarial_weight: float = setting(1.0, non_negative)
@@ -33,11 +34,14 @@ class MosaicConfig(Section):
     diversity_weight: float = setting(5.0, non_negative)
     sequence_length: int = setting(16, at_least(1))
     meta_steps: int = setting(150, at_least(1))
-    distill_steps: int = setting(200, at_least(1))
+    distill_steps: int = setting(1500, at_least(1))
     distill_lr: float = setting(0.0001, positive)
     samples_per_generator: int = setting(32, at_least(1))
     temperature: float = setting(1.0, positive)
     student_family: str = setting("")
+    min_generator_examples: int = setting(10, at_least(1))
+    do_no_harm: bool = setting(True)
+    heldout_prototypes: float = setting(0.2, open_fraction)
 
     def student(self, run: RunConfig) -> str:
         """The family Mosaic distils into: ``student-family`` or the first family."""

@@ -11,15 +11,21 @@ into the global model, in one run of stages.
   global model on generated samples (``teacher.py``).
 - Rounds after: FedAvg within each family from the distilled model.
 
-Prototypes come with the generator round's replies, and the meta model trains on them
-(``mosaic.prototype-rounds = latest``); the official code instead accumulates the
-prototypes of every round and trains on all of them, which ``mosaic.prototype-rounds =
-all`` keeps (clients then send them in every round up to the generator round). Why
-``latest`` is the default: prototypes then leave a client once instead of every round,
-and neither reading did consistently better on digits (docs/benchmarks/mosaic-digits.md,
-final accuracy latest vs all: 0.4972 vs 0.4139 at Dirichlet 0.01, 0.8000 vs 0.8278 at
-0.1, 0.9806 vs 0.9833 at 1.0). Class counts come with every reply that carries
+Prototypes come with every reply up to the generator round, and the meta model trains
+on all of them (``mosaic.prototype-rounds = all``, the official code's reading);
+``latest`` keeps those of the generator round only (prototypes then leave a client
+once). Earlier measurements on digits (docs/benchmarks/mosaic-digits.md, one seed) found
+neither consistently better. Class counts come with every reply that carries
 prototypes; after the generator round only adapters travel.
+
+Do no harm (``mosaic.do-no-harm``, on by default; not in the paper or the official code,
+which always distils): a seeded ``mosaic.heldout-prototypes`` fraction of the prototypes
+is kept out of the meta model's training, and the distillation runs only if the teacher
+beats the student (the round's FedAvg model of the student family) on the student
+family's held-out prototypes; otherwise the round keeps the FedAvg model and says why
+(``mosaic_distillation_skipped``). Both accuracies are in the round's row. A client with
+fewer than ``mosaic.min-generator-examples`` train examples trains no generator and is
+listed in ``mosaic_generators_skipped`` with the reason; its model still averages in.
 
 Message contract: the per-family one (``fedavg_per_family/strategy.py``), and the train
 config's ``mosaic-stage`` (``warmup``, ``generator`` or ``fedavg``). In the generator
@@ -34,9 +40,11 @@ does not fit its family, or whose weights or samples are not finite, is skipped 
 counted (``mosaic_generators_skipped``), and with no usable generator the round keeps
 the FedAvg model and says why (``mosaic_distillation_skipped``). The official code trains
 its generators in a separate run, against a classifier trained from scratch on the local
-data, and lowers the clients' learning rate after distillation; here the generator is
-trained in the run against the client's own local model (as methods.md says), and the
-clients keep ``lr``.
+data; here the generator is trained in the run against the client's own local model (as
+methods.md says). The official code also cuts the clients' SGD lr to 1e-4 right after
+distillation: that is the run's lr schedule here (``lr-schedule = step``,
+``lr-step-round`` = warm-up + 2, ``lr-min``), so that a FedAvg baseline can be given
+the same drop.
 """
 
 from __future__ import annotations
@@ -55,17 +63,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pollen.adapters import load_travelling_state
-from pollen.errors import ConfigError
 from pollen.records import ARRAYS_KEY, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import evaluate
 from strategies.base import StrategyState, prefixed, unprefixed
-from strategies.directory import ClientInfo
 from strategies.fedavg_per_family.strategy import FamilyFedAvg, Tensors
 from strategies.mosaic.client import (
     FEDAVG,
     GENERATOR,
     GENERATOR_KEY,
+    GENERATOR_TOO_FEW_KEY,
     PROTOTYPES_KEY,
     STAGE_KEY,
     WARMUP,
@@ -130,13 +137,6 @@ class Mosaic(FamilyFedAvg):
             c.distill_steps, c.distill_lr, c.temperature,
             c.samples_per_generator)
         super().summary()
-
-    def check_clients(self, clients: list[ClientInfo]) -> None:
-        short = [f"{c.client_id} ({c.num_train})" for c in clients
-                 if c.num_train < self.settings.prototypes]
-        if short:
-            raise ConfigError(f"mosaic.prototypes = {self.settings.prototypes} is more "
-                              f"than these clients have train examples: {', '.join(short)}")
 
     def sample_nodes(self, grid: Grid, fraction: float, min_nodes: int, server_round: int,
                      purpose: str) -> list[int]:
@@ -212,9 +212,15 @@ class Mosaic(FamilyFedAvg):
             log(WARNING, "mosaic: generator of client %s skipped: %s", client, reason)
 
         if GENERATOR_KEY not in reply.content.array_records:
-            finite = reply.content["metrics"].get("generator_finite")
-            skip("its generator produced non-finite output" if finite == 0.0
-                 else "the reply carries no generator")
+            metrics = reply.content["metrics"]
+            if GENERATOR_TOO_FEW_KEY in metrics:
+                skip(f"it holds {int(metrics[GENERATOR_TOO_FEW_KEY])} train examples, fewer "
+                     f"than mosaic.min-generator-examples = "
+                     f"{self.settings.min_generator_examples}")
+            else:
+                skip("its generator produced non-finite output"
+                     if metrics.get("generator_finite") == 0.0
+                     else "the reply carries no generator")
             return
         generator = build_generator(self.seed, self.settings.sequence_length,
                                     self.signatures[family], client)
@@ -281,48 +287,92 @@ class Mosaic(FamilyFedAvg):
         self.teacher = Teacher(self.models, self.signatures, self.experts, self.num_classes,
                                device)
         experts_done = time.perf_counter()
-        meta_accuracy = self.teacher.train_meta(
+        meta_part, heldout = split_prototypes(
             [(p.family, p.features, p.labels) for p in self.prototypes
              if self.settings.prototype_rounds == "all" or p.round == server_round],
-            self.settings.meta_steps, derive_seed(self.seed, "mosaic-meta"))
+            self.settings.heldout_prototypes if self.settings.do_no_harm else 0.0,
+            derive_seed(self.seed, "mosaic-heldout"))
+        meta_accuracy = self.teacher.train_meta(meta_part, self.settings.meta_steps,
+                                                derive_seed(self.seed, "mosaic-meta"))
         meta_done = time.perf_counter()
         before = self.family_tensors[self.student]
+        self.fields.update(mosaic_experts={f: sorted(e) for f, e in self.experts.items()},
+                           mosaic_meta_prototype_accuracy=meta_accuracy,
+                           **self._test_accuracy("teacher_accuracy", None),
+                           **self._test_accuracy("accuracy_before_distillation", before))
+        if self.settings.do_no_harm and not self._teacher_beats_student(heldout, before):
+            log(WARNING, "mosaic: %s", self.fields["mosaic_distillation_skipped"])
+            return
         result = distill(self.teacher, self.models[self.student], before,
                          self.signatures[self.student], usable,
                          steps=self.settings.distill_steps, lr=self.settings.distill_lr,
                          samples_per_generator=self.settings.samples_per_generator,
                          temperature=self.settings.temperature,
                          seed=derive_seed(self.seed, "mosaic-distill"))
-        accuracy = None
-        if self.test_loaders is not None:
-            loader = self.test_loaders[self.student]
-            accuracy = {"teacher": self.teacher.accuracy(loader, self.signatures[self.student])}
-            for when, tensors in (("before", before), ("after", result.tensors)):
-                load_travelling_state(self.models[self.student], tensors,
-                                      what=f"mosaic student {self.student}")
-                accuracy[when] = evaluate(self.models[self.student], loader, device).accuracy
+        self.fields.update(self._test_accuracy("accuracy_after_distillation", result.tensors))
         self.family_tensors[self.student] = result.tensors
         self.global_arrays = to_array_record(self.flat())
         self.distilled = True
         if self.signatures[self.student][0] == "image":
             self.figure = generated_grid(self.generators, self.seed)
         self.fields.update(
-            mosaic_experts={f: sorted(e) for f, e in self.experts.items()},
-            mosaic_meta_prototype_accuracy=meta_accuracy,
             mosaic_distill_loss_first=result.loss_first,
             mosaic_distill_loss_last=result.loss_last,
             mosaic_distill_kl_before=result.kl_before,
             mosaic_distill_kl_after=result.kl_after,
-            mosaic_accuracy_before_distillation=None if accuracy is None else accuracy["before"],
-            mosaic_accuracy_after_distillation=None if accuracy is None else accuracy["after"],
-            mosaic_teacher_accuracy=None if accuracy is None else accuracy["teacher"],
             mosaic_seconds={"experts": experts_done - started, "meta": meta_done - experts_done,
                             "distill": result.seconds})
         log(INFO, "mosaic: meta model %.4f on %d prototypes; distillation KL %.4f -> %.4f%s",
-            meta_accuracy, len(self.prototypes), result.kl_before, result.kl_after,
-            "" if accuracy is None else
-            f"; {self.student} accuracy {accuracy['before']:.4f} -> {accuracy['after']:.4f} "
-            f"(teacher {accuracy['teacher']:.4f})")
+            meta_accuracy, sum(len(f) for _, f, _ in meta_part), result.kl_before, result.kl_after,
+            "" if self.test_loaders is None else
+            f"; {self.student} accuracy {self.fields['mosaic_accuracy_before_distillation']:.4f}"
+            f" -> {self.fields['mosaic_accuracy_after_distillation']:.4f} (teacher "
+            f"{self.fields['mosaic_teacher_accuracy']:.4f})")
+
+    def _test_accuracy(self, name: str, student: Tensors | None) -> dict[str, float]:
+        """``mosaic_<name>``: on the server's test split (when the strategy has it), the
+        teacher's accuracy (``student`` None) or the student family's model with the
+        ``student`` tensors."""
+        if self.test_loaders is None:
+            return {}
+        loader = self.test_loaders[self.student]
+        if student is None:
+            return {f"mosaic_{name}": self.teacher.accuracy(loader, self.signatures[self.student])}
+        load_travelling_state(self.models[self.student], student,
+                              what=f"mosaic student {self.student}")
+        return {f"mosaic_{name}": evaluate(self.models[self.student], loader,
+                                           self.teacher_device).accuracy}
+
+    def _teacher_beats_student(self, heldout: list[tuple[str, np.ndarray, np.ndarray]],
+                               student: Tensors) -> bool:
+        """The do-no-harm gate: the teacher (meta model over the experts' heads) and the
+        student's head, on the student family's prototypes held out of the meta model's
+        training. Prototypes are penultimate features of the global model a client
+        received, so both read them with heads only, as the meta model is trained."""
+        rows = [(f, y) for family, f, y in heldout if family == self.student]
+        if not rows:
+            self.fields["mosaic_distillation_skipped"] = (
+                f"do-no-harm: no held-out prototypes of the student family {self.student}")
+            return False
+        features = np.concatenate([f for f, _ in rows])
+        labels = np.concatenate([y for _, y in rows])
+        teacher = self.teacher.prototype_accuracy(self.student, features, labels)
+        head = HeadParams(self.models[self.student])
+        with torch.no_grad():
+            logits = head.logits(torch.as_tensor(features, device=self.teacher_device),
+                                 {n: torch.as_tensor(v, device=self.teacher_device)
+                                  for n, v in student.items()})
+        student_accuracy = float((logits.argmax(dim=-1).cpu() == torch.as_tensor(labels))
+                                 .float().mean())
+        self.fields.update(mosaic_heldout_prototypes=len(labels),
+                           mosaic_teacher_heldout_accuracy=teacher,
+                           mosaic_student_heldout_accuracy=student_accuracy)
+        if teacher <= student_accuracy:
+            self.fields["mosaic_distillation_skipped"] = (
+                f"do-no-harm: the teacher ({teacher:.4f}) does not beat the student "
+                f"({student_accuracy:.4f}) on {len(labels)} held-out prototypes")
+            return False
+        return True
 
     def round_metrics(self) -> dict:
         return {**self.family_metrics, **self.fields}
@@ -379,6 +429,24 @@ class Mosaic(FamilyFedAvg):
             self.teacher = Teacher(self.models, self.signatures, self.experts,
                                    self.num_classes, self.teacher_device)
             self.teacher.load_meta(unprefixed(tensors, "meta/"))
+
+
+def split_prototypes(prototypes: list[tuple[str, np.ndarray, np.ndarray]], fraction: float,
+                     seed: int) -> tuple[list[tuple[str, np.ndarray, np.ndarray]],
+                                         list[tuple[str, np.ndarray, np.ndarray]]]:
+    """(meta-training part, held-out part) of (family, features, labels) triples: a seeded
+    ``fraction`` of each family's prototype rows is held out (none with fraction 0)."""
+    rng = np.random.default_rng(seed)
+    kept, heldout = [], []
+    for family in sorted({f for f, _, _ in prototypes}):
+        features = np.concatenate([x for f, x, _ in prototypes if f == family])
+        labels = np.concatenate([y for f, _, y in prototypes if f == family])
+        order = rng.permutation(len(labels))
+        cut = int(round(fraction * len(labels)))
+        if cut:
+            heldout.append((family, features[order[:cut]], labels[order[:cut]]))
+        kept.append((family, features[order[cut:]], labels[order[cut:]]))
+    return kept, heldout
 
 
 def generated_grid(generators: dict[str, tuple[str, nn.Module]], seed: int,

@@ -164,6 +164,15 @@ class Teacher:
             predicted = self.ema(logits, present).argmax(dim=-1)
         return float((predicted == labels).float().mean())
 
+    @torch.no_grad()
+    def prototype_accuracy(self, family: str, features: np.ndarray, labels: np.ndarray) -> float:
+        """The trained teacher's accuracy on prototypes of ``family`` (e.g. held out of
+        ``train_meta``)."""
+        if self.ema is None:
+            raise RuntimeError("the meta model has not been trained")
+        predicted = self.ema(*self.prototype_logits(torch.as_tensor(features), family))
+        return float((predicted.argmax(dim=-1).cpu() == torch.as_tensor(labels)).float().mean())
+
     def load_meta(self, state: dict[str, np.ndarray]) -> None:
         """The teacher's meta model from a ``state_dict`` of a trained one (resume)."""
         self.meta.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})

@@ -1,0 +1,158 @@
+"""Why FedAvg becomes the majority-class predictor at two classes and Dirichlet 0.1 (#19).
+
+    python -m bench.labelskew [--seeds 5,6,7] [--rounds 4] [--only NAME,...]
+    python -m bench.labelskew probe
+
+The held-out check's setting, on a two-class subset of AG News that keeps its class
+ratio (57.6% majority): Business (all 1,900 test rows) against Sci/Tech (1,400 of
+1,900, seeded), MiniLM + LoRA, 10 clients, Dirichlet 0.1 over the label, every client
+trains 1 local epoch a round, 5% of the pool held by the server (unused by fedavg; kept
+so that the clients' splits are the held-out check's). Every variant is FedAvg on the
+same splits and seeds; they differ in the client recipe only (``VARIANTS``). Each cell
+is tagged with the commit that ran it, so the report sets Pollen before and after a
+change side by side (run the bench in a worktree of each commit; the cells file is
+shared through ``--cells``). Reports the server-test accuracy and macro-F1 per round
+(seed means) and the final mean +- std; a macro-F1 near 0.37 with accuracy 0.576 is the
+majority-class predictor. Duration on 2 CPU cores: about 6 minutes a cell.
+
+probe: MiniLM frozen, 800 texts of the subset: a logistic-regression probe (trained on
+500, scored on 300, C = 0.01 and 1) on three readings of a text's features: the pooler
+over [CLS] (what transformers' BertForSequenceClassification's head reads), the [CLS]
+state, and the attention-masked mean (how all-MiniLM-L6-v2 was trained), with each
+reading's spread (mean std per dimension). About 30 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.common import AG_NEWS, DOCS, RUNS, Cells, mean_std, run_in_process, write_report
+
+MAJORITY, MINORITY = 3, 4  # AG News's Business and Sci/Tech
+MINORITY_ROWS = 1400
+
+SETTING = {"model": "minilm", "partitioner": "dirichlet", "dirichlet-alpha": 0.1,
+           "local-epochs": 1, "server-data-fraction": 0.05, "strategy": "fedavg",
+           "fraction-evaluate": 0.0}
+VARIANTS = {
+    "adamw 0.003": {"optimizer": "adamw", "lr": 0.003},  # the held-out check's recipe
+    "sgd 0.05": {"optimizer": "sgd", "lr": 0.05},
+}
+
+
+def two_class_csv(out: Path) -> Path:
+    """label,text rows: every Business row, 1,400 Sci/Tech rows (seed 0)."""
+    frame = pd.read_csv(AG_NEWS, header=None, names=["label", "title", "body"])
+    frame["text"] = frame["title"] + ". " + frame["body"]
+    minority = frame[frame["label"] == MINORITY].sample(MINORITY_ROWS, random_state=0)
+    subset = pd.concat([frame[frame["label"] == MAJORITY], minority]).sort_index()
+    subset["label"] = subset["label"].map({MAJORITY: "Business", MINORITY: "Sci/Tech"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subset[["label", "text"]].to_csv(out, index=False)
+    return out
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+
+
+def probe(out_dir: Path) -> Path:
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoModel, AutoTokenizer
+
+    from pollen.models import minilm_dir
+
+    frame = pd.read_csv(two_class_csv(RUNS / "agnews-business-scitech.csv")).sample(
+        800, random_state=0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    model = AutoModel.from_pretrained(minilm_dir()).eval()
+    readings: dict[str, list] = {"pooler over [CLS]": [], "[CLS] state": [],
+                                 "masked mean": []}
+    with torch.no_grad():
+        for start in range(0, len(frame), 32):
+            batch = tokenizer(list(frame.text[start:start + 32]), truncation=True,
+                              max_length=64, padding=True, return_tensors="pt")
+            output = model(**batch)
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            readings["pooler over [CLS]"].append(output.pooler_output)
+            readings["[CLS] state"].append(output.last_hidden_state[:, 0])
+            readings["masked mean"].append((output.last_hidden_state * mask).sum(1) / mask.sum(1))
+    labels = (frame.label.values == "Business").astype(int)
+    lines = ["MiniLM (frozen), 800 texts of AG News Business vs Sci/Tech (57.6% Business); "
+             "logistic regression trained on 500, accuracy on the other 300.", "",
+             "| features | std per dimension | probe C = 0.01 | probe C = 1 |",
+             "|---|---|---|---|"]
+    for name, parts in readings.items():
+        features = torch.cat(parts).numpy()
+        scores = [LogisticRegression(C=c, max_iter=2000).fit(features[:500], labels[:500])
+                  .score(features[500:], labels[500:]) for c in (0.01, 1.0)]
+        lines.append(f"| {name} | {features.std(axis=0).mean():.3f} | {scores[0]:.3f} | "
+                     f"{scores[1]:.3f} |")
+    return write_report("labelskew-probe", "MiniLM's features as a classifier head reads them",
+                        "python -m bench.labelskew probe", "\n".join(lines), out_dir)
+
+
+def federated(seeds: list[int], rounds: int, names: list[str], cells: Cells,
+              out_dir: Path) -> Path:
+    dataset = two_class_csv(RUNS / "agnews-business-scitech.csv")
+    here = commit()
+    for seed in seeds:
+        for name in names:
+            def compute(name=name, seed=seed) -> dict:
+                _, rows, _ = run_in_process(
+                    {**SETTING, **VARIANTS[name], "dataset": str(dataset), "seed": seed,
+                     "num-server-rounds": rounds}, 10,
+                    f"labelskew-{name.replace(' ', '-')}-seed{seed}")
+                return {"accuracy": [r["eval_accuracy"] for r in rows],
+                        "macro_f1": [r["eval_macro_f1"] for r in rows]}
+            cells.get(seed, f"{name}@{here}", compute)
+    lines = [f"FedAvg, MiniLM + LoRA, AG News Business vs Sci/Tech (57.6% Business), 10 "
+             f"clients, Dirichlet 0.1, 1 local epoch, {rounds} rounds, seeds "
+             f"{', '.join(map(str, seeds))}; the server's test split (mean +- std over the "
+             "seeds; per round: seed means). Rows name the client recipe and the commit "
+             "that ran it.", "",
+             "| recipe @ commit | final accuracy | final macro-F1 | accuracy per round | "
+             "macro-F1 per round |", "|---|---|---|---|---|"]
+    rows = sorted({key.split("/", 1)[1] for key in cells.done})
+    for row in rows:
+        done = cells.of(row, seeds)
+        if len(done) < len(seeds):
+            continue
+        accuracy = np.array([c["accuracy"] for c in done])
+        f1 = np.array([c["macro_f1"] for c in done])
+        lines.append(f"| {row} | {mean_std(accuracy[:, -1])} | {mean_std(f1[:, -1])} | "
+                     + ", ".join(f"{v:.3f}" for v in accuracy.mean(axis=0)) + " | "
+                     + ", ".join(f"{v:.3f}" for v in f1.mean(axis=0)) + " |")
+    return write_report("labelskew", "FedAvg under two-class label skew",
+                        f"python -m bench.labelskew --seeds {','.join(map(str, seeds))} "
+                        f"--rounds {rounds}", "\n".join(lines), out_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suite", nargs="?", default="federated", choices=("federated", "probe"))
+    parser.add_argument("--seeds", default="5,6,7")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--cells", type=Path, default=None,
+                        help="the cells file (default pollen-runs/bench/labelskew-cells-"
+                             "r<rounds>.json)")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    if args.suite == "probe":
+        probe(args.out)
+        return
+    cells = Cells(args.cells or RUNS / f"labelskew-cells-r{args.rounds}.json")
+    federated([int(s) for s in args.seeds.split(",")], args.rounds, args.only.split(","),
+              cells, args.out)
+
+
+if __name__ == "__main__":
+    main()
