@@ -1,5 +1,8 @@
 """Model builders: the digits CNN, MiniLM (full or truncated), a tiny BERT, hub models, and
 causal LMs (SmolLM2 from its GGUF file, a tiny random Llama, hub or GGUF models).
+MiniLM and the tiny BERTs classify from the masked mean of their token states
+(``pollen.meanpool``: why not transformers' pooler head); ``hf:`` classifiers keep their
+own head.
 
 Every builder seeds its own initialisation from the run seed, so the server and every
 client construct bit-identical frozen weights; only the travelling tensors (see
@@ -148,19 +151,17 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
     torch.manual_seed(derive_seed(seed, "model-init", model_name))
     if model_name == "cnn":
         return DigitsCNN(num_classes)
-    from transformers import (
-        AutoModelForSequenceClassification,
-        BertConfig,
-        BertForSequenceClassification,
-    )
+    from transformers import AutoModelForSequenceClassification, BertConfig
     from transformers.utils import logging as hf_logging
+
+    from pollen.meanpool import MeanPooledBertForSequenceClassification
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # also GGUF's de-quantisation bar, in every worker
     if is_causal(model_name, task):
         return build_causal_lm(model_name, seed, weights)
     if model_name in TRUNCATED_MINILM_LAYERS:
-        return AutoModelForSequenceClassification.from_pretrained(
+        return MeanPooledBertForSequenceClassification.from_pretrained(
             minilm_dir(), num_labels=num_classes,
             num_hidden_layers=TRUNCATED_MINILM_LAYERS[model_name])
     if model_name in TINY_BERTS:
@@ -169,7 +170,7 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
                           hidden_size=hidden, num_hidden_layers=layers,
                           num_attention_heads=heads, intermediate_size=2 * hidden,
                           max_position_embeddings=512, num_labels=num_classes)
-        return BertForSequenceClassification(tiny)
+        return MeanPooledBertForSequenceClassification(tiny)
     if model_name.startswith("hf:"):
         try:
             return AutoModelForSequenceClassification.from_pretrained(model_name[3:],
