@@ -110,7 +110,10 @@ def _table(task: str, results: dict[str, tuple[list[dict], float]], rounds: int)
                      f"{rounds_to_reach(rows, target) or 'not reached'} | {seconds:.0f} |")
     mosaic = next((r for r in results.get("mosaic", ([], 0))[0]
                    if r["mosaic_stage"] == "generator"), None)
-    if mosaic is not None and "mosaic_accuracy_before_distillation" in mosaic:
+    if mosaic is not None and "mosaic_distillation_skipped" in mosaic:
+        lines += ["", f"Mosaic's generator round ({mosaic['round']}) did not distil: "
+                  f"{mosaic['mosaic_distillation_skipped']}."]
+    elif mosaic is not None and "mosaic_accuracy_before_distillation" in mosaic:
         seconds = mosaic["mosaic_seconds"]
         lines += ["", f"Mosaic's generator round ({mosaic['round']}): accuracy "
                   f"{mosaic['mosaic_accuracy_before_distillation']:.4f} before distillation, "

@@ -10,8 +10,9 @@ trains 1 local epoch a round, 5% of the pool held by the server (unused by fedav
 so that the clients' splits are the held-out check's). Every variant is FedAvg on the
 same splits and seeds; they differ in the client recipe only (``VARIANTS``). Each cell
 is tagged with the commit that ran it, so the report sets Pollen before and after a
-change side by side (run the bench in a worktree of each commit; the cells file is
-shared through ``--cells``). Reports the server-test accuracy and macro-F1 per round
+change side by side: run the bench in a worktree of each commit with the same
+``--cells`` file (one after the other: each run rewrites the file), then
+``--report-only`` writes the report from every stored row. Reports the server-test accuracy and macro-F1 per round
 (seed means) and the final mean +- std; a macro-F1 near 0.37 with accuracy 0.576 is the
 majority-class predictor. Duration on 2 CPU cores: about 6 minutes a cell.
 
@@ -100,10 +101,10 @@ def probe(out_dir: Path) -> Path:
 
 
 def federated(seeds: list[int], rounds: int, names: list[str], cells: Cells,
-              out_dir: Path) -> Path:
+              out_dir: Path, report_only: bool = False) -> Path:
     dataset = two_class_csv(RUNS / "agnews-business-scitech.csv")
     here = commit()
-    for seed in seeds:
+    for seed in [] if report_only else seeds:
         for name in names:
             def compute(name=name, seed=seed) -> dict:
                 _, rows, _ = run_in_process(
@@ -144,6 +145,8 @@ def main() -> None:
     parser.add_argument("--cells", type=Path, default=None,
                         help="the cells file (default pollen-runs/bench/labelskew-cells-"
                              "r<rounds>.json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the stored cells, run nothing")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
     if args.suite == "probe":
@@ -151,7 +154,7 @@ def main() -> None:
         return
     cells = Cells(args.cells or RUNS / f"labelskew-cells-r{args.rounds}.json")
     federated([int(s) for s in args.seeds.split(",")], args.rounds, args.only.split(","),
-              cells, args.out)
+              cells, args.out, args.report_only)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ FedAvg's by more than the larger of the two stds; and for each Mosaic run the ge
 round: the FedAvg model's accuracy before distillation, the teacher's, the distilled
 model's (test split), the teacher's and student's on held-out prototypes, and whether it
 distilled. Each (seed, row) cell is kept in ``pollen-runs/bench/mosaic-cells-*.json``;
-a rerun resumes. Expected duration on 2 CPU cores: about 2 minutes a cell (12 cells).
+a rerun resumes. Duration on 2 CPU cores: not measured yet (12 cells of 61 rounds).
 """
 
 from __future__ import annotations
