@@ -122,7 +122,17 @@ def client_split(task: TaskData, config: RunConfig, partition_id: int,
                           "for task 'instruct'")
     partitioner = build_partitioner(config, num_partitions, task.num_classes, task.pool)
     partitioner.dataset = task.pool
-    partition = partitioner.load_partition(partition_id)
+    try:
+        partition = partitioner.load_partition(partition_id)
+    except ValueError as error:  # flwr-datasets gives up after 10 draws
+        if config.partitioner != "dirichlet" or "max number of attempts" not in str(error):
+            raise
+        raise ConfigError(
+            f"dirichlet-alpha {config.dirichlet_alpha:g} over {task.num_classes} classes "
+            f"and {num_partitions} clients: in 10 draws (seed {config.seed}) flwr-datasets' "
+            f"DirichletPartitioner found no split that gives every client at least "
+            f"{MIN_CLIENT_EXAMPLES} examples; raise dirichlet-alpha, run fewer clients or "
+            "change the seed") from error
     if len(partition) < MIN_CLIENT_EXAMPLES:
         raise ConfigError(
             f"client partition {partition_id} holds {len(partition)} example(s); each "

@@ -154,3 +154,12 @@ def test_natural_id_works_for_instruction_tuning_and_its_column_is_checked(tmp_p
         RunConfig(partitioner="natural-id")
     with pytest.raises(ConfigError, match="partition-column go together"):
         RunConfig(partition_column="site")
+
+
+def test_a_dirichlet_split_that_cannot_be_drawn_names_the_keys_to_change():
+    """flwr-datasets gives up after 10 draws; the error says which keys to change."""
+    config = RunConfig(dirichlet_alpha=0.001, seed=6)
+    with pytest.raises(ConfigError, match=r"dirichlet-alpha 0.001 over 10 classes and 60 "
+                                          r"clients: in 10 draws \(seed 6\).*raise "
+                                          "dirichlet-alpha, run fewer clients"):
+        client_split(load_task(config), config, 0, 60)

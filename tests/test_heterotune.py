@@ -205,6 +205,7 @@ def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, to
         assert result.accuracy == pytest.approx(accuracy)
 
 
+@pytest.mark.slow  # 12-15 s a case: two-family runs
 @pytest.mark.parametrize("strategy, families, extra", [
     ("fedavg-per-family", WIDTHS, {}),
     ("hetlora", "minilm-l2,minilm-l4", {"hetlora.ranks": "2,4", "lr": 0.003}),
