@@ -51,7 +51,6 @@ about 6 minutes (--quick 1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -60,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import AG_NEWS, DOCS, RUNS, run_in_process, write_report
+from bench.common import AG_NEWS, DOCS, RUNS, Cells, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
 from pollen.catalog import DECODER_TARGETS
 
@@ -248,24 +247,15 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
     num_clients = 4 if quick else 10
     if quick:
         seeds, rounds, steps = seeds[:1], 2, 2
-    store = RUNS / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json"
-    cells = json.loads(store.read_text()) if store.is_file() else {}
+    cells = Cells(RUNS / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json")
     for seed in seeds:
         for run in RUN_ORDER:
-            if f"{seed}/{run}" in cells:
-                continue
-            started = time.perf_counter()
-            cells[f"{seed}/{run}"] = _cell(run, seed, quick, rounds, steps)
-            store.parent.mkdir(parents=True, exist_ok=True)
-            store.write_text(json.dumps(cells, indent=1))
-            print(f"seed {seed} {run}: {cells[f'{seed}/{run}']['final']} in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
-    final = {run: [cells[f"{s}/{run}"]["final"] for s in seeds if f"{s}/{run}" in cells]
-             for run in RUN_ORDER}
-    curves = {run: [cells[f"{s}/{run}"]["curve"] for s in seeds if f"{s}/{run}" in cells]
+            cells.get(seed, run, lambda run=run, seed=seed: _cell(run, seed, quick, rounds,
+                                                                  steps))
+    final = {run: [c["final"] for c in cells.of(run, seeds)] for run in RUN_ORDER}
+    curves = {run: [c["curve"] for c in cells.of(run, seeds)]
               for run in RUN_ORDER if run not in ("zero-shot", "local")}
-    traffic = {run: [cells[f"{s}/{run}"]["cost"] for s in seeds if f"{s}/{run}" in cells]
-               for run in curves}
+    traffic = {run: [c["cost"] for c in cells.of(run, seeds)] for run in curves}
     lines = [f"{model}, AG News as classification as generation, {num_clients} clients "
              f"(Dirichlet 0.5, 3 a round), {rounds} rounds of {steps} steps of 8 prompts, "
              f"seeds {', '.join(map(str, seeds))}; scores on the server's test split "

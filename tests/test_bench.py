@@ -37,3 +37,17 @@ def test_quick_suite_writes_its_table_and_plot(suite, tmp_path):
     for row in EXPECTED_ROWS[suite]:
         assert row in text, f"{suite}: no '{row}' in\n{text}"
     assert (tmp_path / f"{suite}-quick.png").stat().st_size > 1000
+
+
+def test_cells_are_computed_once_and_resumed_from_their_file(tmp_path):
+    from bench.common import Cells, mean_std
+
+    calls = []
+    first = Cells(tmp_path / "cells.json")
+    assert first.get(0, "fedavg", lambda: calls.append(1) or {"final": 0.5}) == {"final": 0.5}
+    first.get(0, "fedavg", lambda: calls.append(1) or {"final": 9.0})
+    resumed = Cells(tmp_path / "cells.json")
+    assert resumed.get(0, "fedavg", lambda: calls.append(1) or {"final": 9.0}) == {"final": 0.5}
+    assert calls == [1]
+    assert resumed.of("fedavg", [0, 1]) == [{"final": 0.5}]  # seed 1 not run yet
+    assert mean_std([0.7, 0.9]) == "0.800 +- 0.141"
