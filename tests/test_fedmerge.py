@@ -121,6 +121,26 @@ def test_official_w_step_equals_the_official_loop():
     np.testing.assert_allclose(-strategy._w_step(p, g), w, rtol=1e-9)
 
 
+def test_default_w_step_moves_w_as_far_with_two_clients_as_with_ten():
+    """#19: methods.md's plain step shrinks with the square of the client count, so a lr_W
+    sized for 10 clients saturates W with 2; the default (official) step does not."""
+    grid = LocalGrid.simulation(describe_only, 2)
+    defaults = run_config({"strategy": "fedmerge"}).method
+    assert defaults.w_step == "official"
+    rng = np.random.default_rng(3)
+    largest = {}
+    for step in ("official", "plain"):
+        strategy = fedmerge(grid, random_models(3), w_step=step, lr_w=defaults.lr_w)
+        for clients in (2, 10):
+            g = rng.normal(size=(clients, 3))
+            g = g / np.abs(g).sum()
+            largest[step, clients] = np.abs(strategy._w_step(np.full(clients, 1 / clients),
+                                                              g)).max()
+    for clients in (2, 10):
+        assert defaults.lr_w < largest["official", clients] < 1.01 * defaults.lr_w
+    assert largest["plain", 2] > 10 * largest["plain", 10]
+
+
 def test_each_client_gets_its_own_merge_and_keeps_it_when_renamed():
     thetas = random_models(3)
     grid = LocalGrid.simulation(describe_only, 2)

@@ -14,7 +14,7 @@ class FedMergeConfig(Section):
 
     num_global_models: int = setting(3, at_least(1))
     mu: float = setting(0.01, non_negative)
-    lr_w: float = setting(100.0, non_negative)
+    lr_w: float = setting(1.0, non_negative)
     lr_theta: float = setting(1.0, non_negative)
     w_tensors: str = setting("auto", one_of("auto", "head", "all"))
-    w_step: str = setting("plain", one_of("plain", "official"))
+    w_step: str = setting("official", one_of("official", "plain"))

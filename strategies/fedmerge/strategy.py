@@ -14,20 +14,30 @@ W step (softmax chain rule), on the ``fedmerge.w-tensors`` subset (the classifie
 as the official code's 'linear' keys, when the model has one; else, and with ``all``,
 every travelling tensor):
 
-    G_ij = s_ij <Theta_j - theta_i0, delta_i>,   G <- G / sum |G|,   W_i <- W_i - lr_W p_i G_i
+    G_ij = s_ij <Theta_j - theta_i0, delta_i>,   G <- G / sum |G|,   W <- W - m eta p G
 
-with p_i = n_i / sum n over the round's clients. Theta step:
+with p_i = n_i / sum n over the round's clients. By default (``fedmerge.w-step =
+official``) this is the official code's rule (shutong043/FedMerge, server_merging.py
+``update_W``): it repeats W <- W - 0.01 p G until some entry of W has moved by more than
+lr_W (at most 10,000 times), i.e. eta = 0.01 and m = the smallest count whose step moves
+an entry by more than lr_W, taken here in closed form. The largest entry of W thus
+moves by about lr_W each round, whatever the number of clients. Theta step:
 
     Theta_j <- Theta_j - lr_Theta sum_i w_ij delta_i,   w_ij = p_i s_ij / sum_i' p_i' s_i'j,
 
-with s taken from the updated W, as the official code (shutong043/FedMerge,
-server_merging.py) updates W first and then Theta.
+with s taken from the updated W, as the official code updates W first and then Theta.
+Its p_i are over all clients, which equals ours when every client trains each round.
 
-Where the official code differs, behind ``fedmerge.w-step = official``: instead of one step
-of size lr_W, it repeats W <- W - 0.01 p G until some entry of W has moved by more than
-lr_W (at most 10,000 times); the closed form used here is n = the smallest count whose
-step moves an entry by more than lr_W. Its p_i are over all clients, which equals ours
-when every client trains each round.
+``fedmerge.w-step = plain`` is methods.md's formula read literally, one step
+W_i <- W_i - lr_W p_i G_i. It is not the default because its size depends on the number
+of clients: G sums to 1 in absolute value over clients x d entries and p_i ~ 1/clients,
+so an entry moves by about lr_W / (clients^2 d). At lr_W = 100 (the value that moves W by
+O(1) a round for 10 clients, d = 3) two clients move it by ~8: each row of W is one-hot
+after a round, and later rounds flip a row between global models, dropping that client to
+another client's model (#19: personalised accuracy 0.50 in such a round against FedAvg's
+0.77, 2 clients, digits). The official rule bounds the move instead. lr_W = 1 (the
+official code's default is 0.01 over its 500 rounds) lets W settle within Pollen's
+10-20 round budgets; docs/benchmarks.md gives the 2- and 10-client comparison.
 
 Message contract: the shared one (``strategies/base.py``), with each client's ``arrays``
 its own merge theta_i0 (train and evaluate), and the train config's ``proximal-mu``
