@@ -9,7 +9,7 @@ moves towards the example-weighted mean of the targets.
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from pollen.adapters import travelling_state
@@ -50,7 +50,8 @@ def contract_client() -> ClientApp:
         metrics = {"num-examples": SIZES[partition], "train_loss": 1.0 / (1 + partition)}
         if "global-round" in config:  # guided merging's stamp, echoed
             metrics["global-round"] = int(config["global-round"])
-        return Message(RecordDict({"arrays": ArrayRecord(new),
+        seen.setdefault("replies", []).append(partition)
+        return Message(RecordDict({"arrays": ArrayRecord({n: Array(a) for n, a in new.items()}),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()
@@ -64,7 +65,9 @@ def contract_client() -> ClientApp:
 @pytest.mark.parametrize("method", ["fedavg", "fedprox", "fedref", "fedmerge"])
 def test_a_plain_client_app_following_the_contract_takes_part(method):
     seen.clear()
-    config = run_config({"strategy": method, "num-server-rounds": 3})
+    # FedRef with p = 1: its round 1 is the plain-FedAvg warm-up, rounds 2-3 pull
+    config = run_config({"strategy": method, "num-server-rounds": 3,
+                         **({"fedref.p": 1} if method == "fedref" else {})})
     model = build_model(config, 10)
     grid = LocalGrid.simulation(contract_client(), 2)
     directory = ClientDirectory({**config.to_mapping(), "label-names": [str(i) for i in range(10)]},
@@ -75,14 +78,21 @@ def test_a_plain_client_app_following_the_contract_takes_part(method):
                                           {config.model: start}, 10, "image"))
     result = strategy.start(grid, strategy.global_arrays, num_rounds=3, timeout=10)
     assert not strategy.rejected
+    # every train message was answered with a model, and the run ends with one
+    assert seen["replies"] == [0, 1] * 3
+    assert list(result.arrays.keys()) == list(start)
     final = result.arrays.to_numpy_ndarrays()
     assert all(np.isfinite(a).all() for a in final)
     # Every message carried the run's config, and the method's own keys.
     assert all(c["strategy"] == method and c["seed"] == config.seed for c in seen["config"])
+    pulled = slice(2, None) if method == "fedref" else slice(None)
     if method in ("fedprox", "fedref", "fedmerge"):
-        assert all(c["proximal-mu"] > 0 for c in seen["config"])
+        assert all(c["proximal-mu"] > 0 for c in seen["config"][pulled])
     if method == "fedref":
-        assert all("reference" in records for records in seen["records"])
+        assert len(seen["records"]) == 6
+        assert not any("reference" in r or "proximal-mu" in c
+                       for r, c in zip(seen["records"][:2], seen["config"][:2]))
+        assert all("reference" in records for records in seen["records"][pulled])
     if method == "fedavg":  # three halvings towards the weighted mean target 1.75
         expected = {k: 1.75 + (v - 1.75) * 0.125 for k, v in start.items()}
         for name, value in zip(result.arrays.keys(), final):

@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from client_app.app import app as client_app
 from pollen.adapters import travelling_state
-from pollen.config import ConfigError, RunConfig
+from pollen.config import ConfigError
 from pollen.models import build_model
 from pollen.records import from_array_record, to_array_record
 from pollen.training import proximal_term
@@ -30,37 +30,51 @@ def _round(strategy, grid, server_round, updates):
     return messages, strategy.aggregate_train(server_round, replies)
 
 
-def test_reference_is_the_mean_of_the_last_p_globals_and_the_map_step_is_exact():
+@pytest.mark.parametrize("weights", ["recency", "uniform"])
+def test_warm_up_then_the_reference_of_the_last_p_aggregates_and_the_exact_map_step(weights):
     grid = LocalGrid.simulation(describe_only, 2)
     lam, p = 0.5, 3
     init = {k: np.full(s, 1.0, np.float32) for k, s in SHAPES.items()}
-    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.p": p, "fedref.lambda": lam}),
+    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.p": p, "fedref.lambda": lam,
+                                         "fedref.reference-weights": weights}),
                              grid, to_array_record(init))
+    share = np.array([1, 2, 3] if weights == "recency" else [1, 1, 1]) / (6 if weights == "recency" else 3)
     rng = np.random.default_rng(0)
-    globals_so_far = [init]
-    for server_round in range(1, 6):
-        expected_ref = {k: np.mean([g[k] for g in globals_so_far[-p:]], axis=0)
-                        for k in SHAPES}
+    aggregates = []
+    for server_round in range(1, 7):
         updates = [(_update(rng), 1), (_update(rng), 3)]
         messages, (arrays, metrics) = _round(strategy, grid, server_round, updates)
-        sent_ref = from_array_record(messages[0].content["reference"])
         agg = {k: (updates[0][0][k] * 0.25 + updates[1][0][k] * 0.75) for k in SHAPES}
-        expected_new = {k: (agg[k] + lam * expected_ref[k]) / (1 + lam) for k in SHAPES}
-        for k in SHAPES:
-            np.testing.assert_allclose(sent_ref[k], expected_ref[k], rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(from_array_record(arrays)[k], expected_new[k],
-                                       rtol=1e-6, atol=1e-7)
-        distance = np.sqrt(sum(((expected_new[k] - expected_ref[k]) ** 2).sum() for k in SHAPES))
-        assert metrics["fedref_reference_distance"] == pytest.approx(distance, rel=1e-5)
-        assert metrics["fedref_objective"] == pytest.approx(1.0 + lam * distance ** 2, rel=1e-5)
-        assert messages[0].content["config"]["proximal-mu"] == 0.01
-        globals_so_far.append(expected_new)
+        if server_round <= p:  # plain FedAvg: the initial model never enters the reference
+            assert "reference" not in messages[0].content.array_records
+            assert "proximal-mu" not in messages[0].content["config"]
+            assert "fedref_objective" not in metrics
+            for k in SHAPES:
+                np.testing.assert_allclose(from_array_record(arrays)[k], agg[k], rtol=1e-6)
+        else:  # newest aggregate weighted p, oldest 1 (recency), or the plain mean
+            expected_ref = {k: sum(w * a[k] for w, a in zip(share, aggregates[-p:]))
+                            for k in SHAPES}
+            expected_new = {k: (agg[k] + lam * expected_ref[k]) / (1 + lam) for k in SHAPES}
+            sent_ref = from_array_record(messages[0].content["reference"])
+            for k in SHAPES:
+                np.testing.assert_allclose(sent_ref[k], expected_ref[k], rtol=1e-6, atol=1e-7)
+                np.testing.assert_allclose(from_array_record(arrays)[k], expected_new[k],
+                                           rtol=1e-6, atol=1e-7)
+            distance = np.sqrt(sum(((expected_new[k] - expected_ref[k]) ** 2).sum()
+                                   for k in SHAPES))
+            assert metrics["fedref_reference_distance"] == pytest.approx(distance, rel=1e-5)
+            assert metrics["fedref_objective"] == pytest.approx(1.0 + lam * distance ** 2,
+                                                                rel=1e-5)
+            assert messages[0].content["config"]["proximal-mu"] == 0.01
+        aggregates.append(agg)  # the pre-pull aggregate, not the pulled global
 
 
 def test_client_prox_off_sends_no_reference():
     grid = LocalGrid.simulation(describe_only, 2)
-    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.client-prox": False}), grid)
-    message = next(iter(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid)))
+    strategy = make_strategy(run_config({"strategy": "fedref", "fedref.client-prox": False,
+                                         "fedref.p": 1}), grid)
+    _round(strategy, grid, 1, [(_update(np.random.default_rng(2)), 1)] * 2)  # the warm-up
+    message = next(iter(strategy.configure_train(2, strategy.global_arrays, ConfigRecord(), grid)))
     assert "reference" not in message.content.array_records
     assert "proximal-mu" not in message.content["config"]
 
@@ -74,7 +88,7 @@ def test_state_round_trip_keeps_the_window():
         _round(strategy, grid, server_round, [(_update(rng), 1), (_update(rng), 1)])
     fresh = make_strategy(config, grid)
     fresh.load_state_dict(strategy.state_dict())
-    assert len(fresh.history) == 2
+    assert len(fresh.aggregates) == 2
     for k in SHAPES:
         np.testing.assert_array_equal(fresh.reference()[k], strategy.reference()[k])
         np.testing.assert_array_equal(from_array_record(fresh.global_arrays)[k],
@@ -117,8 +131,9 @@ def test_a_client_sent_a_reference_stays_near_the_reference():
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedref"])
 def test_rotation_trains_a_new_group_each_round_and_measures_the_others(tmp_path, strategy):
-    config = RunConfig(strategy=strategy, client_rotation=True, fraction_train=0.3,
-                       num_server_rounds=2, output_dir=str(tmp_path), run_name=strategy)
+    config = run_config({"strategy": strategy, "client-rotation": True, "fraction-train": 0.3,
+                         "num-server-rounds": 2, "output-dir": str(tmp_path),
+                         "run-name": strategy, "fedref.p": 1})
     grid = LocalGrid.simulation(client_app, 10)
     outputs = run(grid, config)
     trained = [sorted(grid.node_configs[m.metadata.dst_node_id]["partition-id"]
@@ -128,17 +143,18 @@ def test_rotation_trains_a_new_group_each_round_and_measures_the_others(tmp_path
     rows = outputs.read_metrics()
     assert all(r["nonparticipant_accuracy"] is not None for r in rows)
     assert all(r["participant_accuracy"] is not None for r in rows)
-    if strategy == "fedref":
-        assert all("fedref_objective" in r for r in rows)
+    if strategy == "fedref":  # round 1 is its warm-up
+        assert "fedref_objective" not in rows[0] and "fedref_objective" in rows[1]
 
 
 def test_the_reference_is_counted_in_bytes_down(tmp_path):
     down = {}
     for strategy in ("fedavg", "fedref"):
-        config = RunConfig(strategy=strategy, num_server_rounds=1, output_dir=str(tmp_path),
-                           run_name=strategy)
-        down[strategy] = run(LocalGrid.simulation(client_app, 3), config).read_metrics()[0]["bytes_down"]
-    # fedavg: model to train + model to evaluate; fedref: + the reference
+        config = run_config({"strategy": strategy, "num-server-rounds": 2, "fedref.p": 1,
+                             "output-dir": str(tmp_path), "run-name": strategy})
+        down[strategy] = run(LocalGrid.simulation(client_app, 3), config).read_metrics()[1]["bytes_down"]
+    # round 2, after FedRef's warm-up: fedavg: model to train + model to evaluate;
+    # fedref: + the reference
     assert down["fedref"] * 2 == down["fedavg"] * 3
 
 

@@ -99,7 +99,7 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path):
 
 
 EXTENDED_RUNS = {
-    "fedref": {"strategy": "fedref"},  # its window of past globals
+    "fedref": {"strategy": "fedref", "fedref.p": 2},  # warm-up before, its window after
     "guided": {"strategy": "guided", "server-data-fraction": 0.1},  # its atlas
     "llm": {"task": "instruct", "model": "tiny-llama", "max-seq-len": 96, "max-steps": 2,
             "partitioner": "iid", "server-test-fraction": 0.05, "local-test-fraction": 0.05,

@@ -9,7 +9,8 @@ from strategies.spec import MethodSpec, ServerSetup
 def build(setup: ServerSetup) -> FedRef:
     settings: FedRefConfig = setup.config.method
     return FedRef(p=settings.p, lam=settings.lambda_,
-                  client_mu=settings.mu if settings.client_prox else 0.0, **setup.common())
+                  client_mu=settings.mu if settings.client_prox else 0.0,
+                  recency_weighted=settings.reference_weights == "recency", **setup.common())
 
 
 SPEC = MethodSpec("fedref", config=FedRefConfig, build=build, client=FedRefClient())

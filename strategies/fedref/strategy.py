@@ -1,33 +1,47 @@
-"""FedRef (Yoon, Choi, De Neve, arXiv 2506.23210), as ../shared/docs/methods.md §5 reads it.
+"""FedRef (Yoon, Choi, De Neve, arXiv 2506.23210): methods.md §5, with the official code's
+warm-up and reference window (TaehwanY98/Fed-Ref, server/FedRefServer.py).
 
-Reference model: w_ref(r) = mean of the last p global models (the initial model counts,
-so in the first rounds the mean is over the fewer models that exist).
+Warm-up: the first p rounds are plain FedAvg (no pull, no reference sent), as the official
+code's ``server_round < p + 1`` branch, so that the untrained initial model never enters
+the reference.
+
+Reference model of round r > p: a recency-weighted mean of the last p *aggregated* models
+(FedAvg's w_agg of rounds r-p .. r-1, before any pull), the newest weighted p and the
+oldest 1, over Phi = p (p + 1) / 2:
+
+    w_ref(r) = sum_{i=1..p} (p - i + 1) / Phi * w_agg(r - i).
+
+``fedref.reference-weights = uniform`` takes methods.md's plain mean over the same window
+instead. Where we differ from the official code: its ``RefWeights`` gives the weights 1..p
+to queue slots, and ``RefWeights.update`` (which would move the largest weight to the newest
+slot) is never called, so its weights rotate with the slot index rather than follow
+recency; we take the recency order the class was written for. The official reference also
+includes the current round's aggregate; ours is the one the clients were sent this round
+(rounds before r), so client and server pull towards the same model.
 
 Server step, after FedAvg's w_agg: the MAP estimate under a Gaussian prior centred on the
 reference,
 
     w_new = argmin_w ||w - w_agg||^2 + lambda ||w - w_ref||^2 = (w_agg + lambda w_ref) / (1 + lambda).
 
-Client step (``fedref.client-prox``, on by default): CE + (mu/2) ||w - w_ref||^2, the
-proximal term towards the reference rather than the last global. The reference travels
-in the train message as ArrayRecord ``reference`` (so bytes_down counts it) with
-``proximal-mu`` = fedref.mu in the config; ``client.py`` is the client half.
+The official code instead corrects only in rounds where the weighted client loss rose by
+more than a threshold, with one gradient step on lambda ||dtheta_g - dtheta_ref||^2 per
+layer; methods.md asks for the closed form, which is what this class does.
 
-Logged each round: ``fedref_objective`` = sum_k p_k F_k + lambda ||w_new - w_ref||^2, with
-F_k client k's mean training loss and p_k its share of the examples (our reading of the
-paper's loss-weighted L_ref), and ``fedref_reference_distance`` = ||w_new - w_ref||.
+Client step (``fedref.client-prox``, on by default; not in the official clients, which
+train plain SGD): CE + (mu/2) ||w - w_ref||^2, the proximal term towards the reference
+rather than the last global. The reference travels in the train message as ArrayRecord
+``reference`` (so bytes_down counts it) with ``proximal-mu`` = fedref.mu in the config;
+``client.py`` is the client half.
 
-Message contract: the shared one (``strategies/base.py``); with the client proximal term
-on, the train config's ``proximal-mu`` (float) and the ArrayRecord ``reference`` (same
-names and shapes as ``arrays``): the client adds (mu/2)||w - w_ref||^2. The reply's
-``train_loss`` is required (the objective uses it).
+Logged after the warm-up: ``fedref_objective`` = sum_k p_k F_k + lambda ||w_new - w_ref||^2,
+with F_k client k's mean training loss and p_k its share of the examples (our reading of
+the paper's loss-weighted L_ref), and ``fedref_reference_distance`` = ||w_new - w_ref||.
 
-Where the official code differs: server/FedRefServer.py of TaehwanY98/Fed-Ref weights
-the window by recency ((rho - i + 1) / Phi), corrects only in rounds where the weighted
-client loss rose by more than a threshold delta, and then takes one gradient step on
-lambda ||dtheta_g - dtheta_ref||^2 instead of the closed-form MAP step. methods.md asks for
-the plain mean and the closed form, which is what this class does; the official rule is
-not implemented.
+Message contract: the shared one (``strategies/base.py``); after the warm-up, with the
+client proximal term on, the train config's ``proximal-mu`` (float) and the ArrayRecord
+``reference`` (same names and shapes as ``arrays``): the client adds (mu/2)||w - w_ref||^2.
+The reply's ``train_loss`` is required (the objective uses it).
 """
 
 from __future__ import annotations
@@ -48,32 +62,43 @@ Tensors = dict[str, np.ndarray]
 
 
 class FedRef(PollenStrategy):
-    def __init__(self, *, p: int, lam: float, client_mu: float, **kwargs) -> None:
+    def __init__(self, *, p: int, lam: float, client_mu: float, recency_weighted: bool = True,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         if p < 1 or lam < 0 or client_mu < 0:
             raise ValueError(f"FedRef needs p >= 1, lambda >= 0, mu >= 0; got p={p}, "
                              f"lambda={lam}, mu={client_mu}")
         self.p, self.lam, self.client_mu = p, lam, client_mu
-        self.history: list[Tensors] = [from_array_record(self.global_arrays)]
+        self.recency_weighted = recency_weighted
+        self.aggregates: list[Tensors] = []  # FedAvg's w_agg of the last p rounds, oldest first
 
     def summary(self) -> None:
-        log(INFO, "\t├──> FedRef: p %d, lambda %g, client mu %g%s", self.p, self.lam,
+        log(INFO, "\t├──> FedRef: p %d (%s reference, plain FedAvg for the first %d rounds), "
+            "lambda %g, client mu %g%s", self.p,
+            "recency-weighted" if self.recency_weighted else "uniform", self.p, self.lam,
             self.client_mu, "" if self.client_mu > 0 else " (client proximal term off)")
         super().summary()
 
+    def warming_up(self) -> bool:
+        return len(self.aggregates) < self.p
+
     def reference(self) -> Tensors:
-        window = self.history[-self.p:]
-        # numpy's mean (sum, then / p): the 1/p-weighted sum of ``aggregate`` rounds
-        # differently, and a FedRef run would no longer repeat its earlier results.
-        return {name: np.mean([g[name] for g in window], axis=0, dtype=np.float64)
-                .astype(np.float32) for name in window[0]}
+        """w_ref over the window of aggregates (the module docstring), in float64 and
+        rounded to float32 once."""
+        weights = (np.arange(1, self.p + 1, dtype=np.float64) if self.recency_weighted
+                   else np.ones(self.p))
+        weights /= weights.sum()
+        return {name: sum(w * g[name].astype(np.float64)
+                          for w, g in zip(weights, self.aggregates)).astype(np.float32)
+                for name in self.aggregates[0]}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        if self.client_mu > 0:
+        pulls = self.client_mu > 0 and not self.warming_up()
+        if pulls:
             config["proximal-mu"] = self.client_mu
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        if self.client_mu > 0:
+        if pulls:
             reference = to_array_record(self.reference())
             for message in messages:
                 message.content[REFERENCE_KEY] = reference
@@ -81,29 +106,30 @@ class FedRef(PollenStrategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        reference = self.reference()
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
             return None, metrics
         aggregated = from_array_record(arrays)
-        new = {name: ((aggregated[name] + self.lam * reference[name]) / (1.0 + self.lam))
-               .astype(np.float32) for name in aggregated}
-        self.global_arrays = to_array_record(new)
-        self.history = (self.history + [new])[-self.p:]
-        distance_sq = float(sum(np.sum((new[k].astype(np.float64) - reference[k]) ** 2)
-                                for k in new))
-        metrics["fedref_objective"] = float(metrics["train_loss"]) + self.lam * distance_sq
-        metrics["fedref_reference_distance"] = float(np.sqrt(distance_sq))
+        if not self.warming_up():
+            reference = self.reference()
+            new = {name: ((aggregated[name] + self.lam * reference[name]) / (1.0 + self.lam))
+                   .astype(np.float32) for name in aggregated}
+            self.global_arrays = to_array_record(new)
+            distance_sq = float(sum(np.sum((new[k].astype(np.float64) - reference[k]) ** 2)
+                                    for k in new))
+            metrics["fedref_objective"] = float(metrics["train_loss"]) + self.lam * distance_sq
+            metrics["fedref_reference_distance"] = float(np.sqrt(distance_sq))
+        self.aggregates = (self.aggregates + [aggregated])[-self.p:]
         return self.global_arrays, metrics
 
     def state_dict(self) -> StrategyState:
         state = super().state_dict()
-        for i, model in enumerate(self.history):
-            state["tensors"].update(prefixed(model, f"history/{i}/"))
-        state["meta"]["history_length"] = len(self.history)
+        for i, model in enumerate(self.aggregates):
+            state["tensors"].update(prefixed(model, f"aggregates/{i}/"))
+        state["meta"]["aggregates"] = len(self.aggregates)
         return state
 
     def load_state_dict(self, state: StrategyState) -> None:
         super().load_state_dict(state)
-        self.history = [unprefixed(state["tensors"], f"history/{i}/")
-                        for i in range(state["meta"]["history_length"])]
+        self.aggregates = [unprefixed(state["tensors"], f"aggregates/{i}/")
+                           for i in range(state["meta"]["aggregates"])]
