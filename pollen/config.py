@@ -108,6 +108,7 @@ class RunConfig(Settings):
     server_data: str = setting("")
     server_data_labeled: bool = setting(True)
     server_data_holdout: float = setting(0.25, open_fraction)
+    server_data_rotation: float = setting(30.0)  # degrees, for server-data = digits-shifted
     model_families: str = setting("")
     family_assignment: str = setting("")
     client_label_noise: float = setting(0.0, fraction)

@@ -3,8 +3,9 @@
 Where it comes from (``server-data``):
 - ``""``: the stratified ``server-data-fraction`` share of the training pool that
   ``pollen.data.load_task`` held out before partitioning (in domain).
-- ``digits-shifted``: the same examples, each rotated by 30 degrees and given Gaussian
-  pixel noise (sigma 0.1, seeded, clipped to [0, 1]): out of domain, same labels.
+- ``digits-shifted``: the same examples, each rotated by ``server-data-rotation`` degrees
+  (30 by default) and given Gaussian pixel noise (sigma 0.1, seeded, clipped to [0, 1]):
+  out of domain, same labels.
   With ``server-data-fraction`` and no file, the clients' data is identical to the
   in-domain run's, so the two settings differ only in what the server holds.
 - a path to a table file (text datasets): the file, read like the dataset's own files. It
@@ -33,7 +34,6 @@ from pollen.tables import normalise_table, read_own_table, read_table, text_of
 from pollen.seeding import derive_seed
 
 UNLABELED = -1  # label value of every example of an unlabeled server set
-SHIFT_DEGREES = 30.0
 SHIFT_NOISE = 0.1
 
 
@@ -71,7 +71,8 @@ def _load_server_data(config: RunConfig, task: TaskData) -> ServerData:
         table, has_labels = task.server_held, True
         source = f"{config.server_data_fraction:g} of the pool"
         if config.server_data == DIGITS_SHIFTED:
-            table, source = _shifted_digits(table, config.seed), f"{source}, {DIGITS_SHIFTED}"
+            table = _shifted_digits(table, config.server_data_rotation, config.seed)
+            source = f"{source}, {DIGITS_SHIFTED} ({config.server_data_rotation:g} degrees)"
     if config.server_data_labeled and not has_labels:
         raise ConfigError(f"server-data {source} has no label column "
                           f"'{config.label_column}' but server-data-labeled = true; set it "
@@ -99,12 +100,12 @@ def _file_table(config: RunConfig, task: TaskData, file) -> datasets.Dataset:
                                     "label": datasets.Value("int64")}))
 
 
-def _shifted_digits(table: datasets.Dataset, seed: int) -> datasets.Dataset:
+def _shifted_digits(table: datasets.Dataset, degrees: float, seed: int) -> datasets.Dataset:
     """Rotated, noisy copies of 8x8 digits (pixels in [0, 1])."""
     from scipy.ndimage import rotate
 
     images = np.asarray(table["pixels"], dtype=np.float32).reshape(-1, 8, 8)
-    rotated = rotate(images, SHIFT_DEGREES, axes=(1, 2), reshape=False, order=1, mode="constant")
+    rotated = rotate(images, degrees, axes=(1, 2), reshape=False, order=1, mode="constant")
     noise = np.random.default_rng(derive_seed(seed, "digits-shifted")).normal(
         0.0, SHIFT_NOISE, size=rotated.shape)
     shifted = np.clip(rotated + noise, 0.0, 1.0).astype(np.float32).reshape(-1, 64)

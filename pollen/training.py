@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from pollen import instruct
+from pollen.adapters import load_travelling_state, travelling_state
 from pollen.device import autocast
 from pollen.optimizer import LocalOptimizer
 
@@ -127,6 +129,32 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
             break
     return TrainResult(total_loss / max(steps, 1), len(loader.dataset),
                        time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class ServerTraining:
+    """The clients' recipe (optimizer, per-round lr, epochs or max-steps, batch size) run
+    on the server's own labelled data: ``central``'s whole step, and guided merging's
+    server member. ``run`` loads ``start`` into the model's travelling tensors and returns
+    them after training, with the mean training loss."""
+
+    model: nn.Module
+    dataset: torch.utils.data.Dataset
+    epochs: int
+    max_steps: int
+    round_lr: Callable[[int], float]
+    batch_size: int
+    optimizer: LocalOptimizer
+
+    def run(self, start: Mapping[str, np.ndarray], server_round: int, seed: int
+            ) -> tuple[dict[str, np.ndarray], float]:
+        load_travelling_state(self.model, start, what="global model")
+        result = train(self.model, make_loader(self.dataset, self.batch_size, shuffle=True,
+                                               seed=seed),
+                       epochs=self.epochs, lr=self.round_lr(server_round),
+                       device=next(self.model.parameters()).device, seed=seed,
+                       max_steps=self.max_steps, optimizer=self.optimizer)
+        return travelling_state(self.model), result.loss
 
 
 def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor],

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
@@ -23,6 +24,7 @@ from pollen.errors import ConfigError
 from pollen.models import build_model
 from pollen.records import to_array_record
 from pollen.server_data import ServerData
+from pollen.training import ServerTraining, torch_dataset
 from strategies.base import PollenStrategy
 from strategies.directory import ClientDirectory
 
@@ -54,6 +56,15 @@ class ServerSetup:
     @property
     def initial_arrays(self) -> ArrayRecord:
         return to_array_record(next(iter(self.initial_models.values())))
+
+    def server_training(self, split: datasets.Dataset) -> ServerTraining:
+        """The clients' training recipe on a split of the server's labelled data."""
+        c = self.config
+        return ServerTraining(self.model, torch_dataset(split, self.modality, c.model,
+                                                        c.max_seq_len),
+                              epochs=c.local_epochs, max_steps=c.max_steps,
+                              round_lr=c.round_lr, batch_size=c.batch_size,
+                              optimizer=c.local_optimizer)
 
     def common(self) -> dict[str, Any]:
         """Keyword arguments of ``PollenStrategy`` that every method passes on."""

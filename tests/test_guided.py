@@ -96,6 +96,15 @@ def test_digits_shifted_moves_the_pixels_and_keeps_the_labels():
     difference = np.abs(np.array(list(shifted.search["pixels"])) - np.array(list(same.search["pixels"])))
     assert difference.mean() > 0.1
     assert 0.0 <= np.min(list(shifted.search["pixels"])) and np.max(list(shifted.search["pixels"])) <= 1.0
+    # the shift grows with server-data-rotation (0 degrees: the pixel noise alone)
+    moved = []
+    for degrees in (0.0, 10.0, 30.0):
+        rotated = load_server_data(run_config({**HYBRID, "server-data": "digits-shifted",
+                                               "server-data-rotation": degrees}),
+                                   load_task(config))
+        moved.append(np.abs(np.array(list(rotated.search["pixels"]))
+                            - np.array(list(same.search["pixels"]))).mean())
+    assert moved[0] < moved[1] < moved[2] == pytest.approx(difference.mean())
 
 
 def test_an_unlabeled_server_file_means_entropy_minimisation(tmp_path, topics_csv):
@@ -211,7 +220,8 @@ def test_coefficient_initialisation_reproduces_fedavg_exactly(grid, granularity)
         fedavg = sum(t[name].astype(np.float64) * n / total for t, n in zip(trained, counts))
         np.testing.assert_allclose(outcome.plain_average[name], fedavg, atol=1e-6)
     # The merge at the start coefficients, through the same anchors, is that average.
-    anchors, start = strategy.search._anchors(sorted(base), updates, np.array(counts) / total)
+    anchors, norms = strategy.search._anchors(sorted(base), updates)
+    start, _, _ = strategy.search._start_and_bounds(norms, np.array(counts) / total)
     for i, name in enumerate(sorted(base)):
         column = start if start.ndim == 1 else start[:, i]
         at_start = base[name] + torch.tensordot(torch.tensor(column, dtype=torch.float32),
@@ -228,7 +238,9 @@ def test_coefficient_initialisation_reproduces_fedavg_exactly(grid, granularity)
 
 @pytest.mark.parametrize("search_lr", [0.01, 50.0])
 def test_the_chosen_merge_is_never_worse_than_the_average_on_held_out_data(grid, search_lr):
-    strategy = guided(grid, **{"guided.search-lr": search_lr})
+    # the paper's free search (no trust region, no server member), where overshoot happens
+    strategy = guided(grid, **{"guided.search-lr": search_lr, "guided.trust-region": 0.0,
+                               "guided.server-member": False})
     for server_round in (1, 2, 3):
         train_round(strategy, grid, server_round, [10, 20, 30, 40], seed=10 * server_round,
                     )
@@ -245,6 +257,55 @@ def test_the_chosen_merge_is_never_worse_than_the_average_on_held_out_data(grid,
         assert fields["guided_fallback"]
 
 
+@pytest.mark.parametrize("granularity", ["vector", "tensor"])
+def test_the_search_stays_in_the_trust_region_around_fedavg(grid, granularity):
+    """Client m's coefficient stays within (1 -+ rho) of FedAvg's, the server member's
+    within [0, 1]; a large search lr pushes some onto a bound."""
+    rho = 0.5
+    strategy = guided(grid, **{"guided.granularity": granularity, "guided.search-lr": 5.0,
+                               "guided.trust-region": rho})
+    base = from_array_record(strategy.global_arrays)
+    updates = [{k: t[k] - base[k] for k in base}
+               for t in (trained_like(base, i, scale=0.2) for i in range(4))]
+    server_update = {k: t[k] - base[k] for k, t in [(k, trained_like(base, 9, 0.2))
+                                                     for k in base]}
+    counts = [10, 20, 30, 40]
+    outcome = strategy.search.merge(base, updates, counts, seed=0, server_update=server_update)
+    start, c = outcome.start_coefficients, outcome.coefficients
+    clients, server = start[:4], c[4]
+    assert np.all(start[4] == 0)
+    assert np.all(c[:4] >= (1 - rho) * clients - 1e-5) and np.all(c[:4] <= (1 + rho) * clients + 1e-5)
+    assert np.all(server >= 0) and np.all(server <= 1)
+    on_bound = np.isclose(c[:4], (1 - rho) * clients, atol=1e-5) | np.isclose(
+        c[:4], (1 + rho) * clients, atol=1e-5)
+    assert on_bound.any()
+
+
+def test_a_tiny_trust_region_without_a_server_member_is_fedavg(grid):
+    strategy = guided(grid, **{"guided.trust-region": 1e-9, "guided.server-member": False})
+    train_round(strategy, grid, 1, [10, 20, 30, 40])
+    fields = strategy.round_metrics()
+    assert all(m["c"] == pytest.approx(m["start"], rel=1e-6)
+               for m in fields["guided_coefficients"])
+    assert fields["guided_holdout_loss_searched"] == pytest.approx(
+        fields["guided_holdout_loss_average"], rel=1e-5)
+
+
+def test_the_server_member_carries_the_merge_when_the_clients_send_noise(grid):
+    """Clients' updates that are pure noise: the server's own step on labelled D_s joins
+    the atlas, takes a positive coefficient and the searched merge beats the average on
+    the held-out part."""
+    strategy = guided(grid, **{"lr": 0.01, "local-epochs": 5})
+    train_round(strategy, grid, 1, [10, 20, 30, 40])
+    fields = strategy.round_metrics()
+    server = [m for m in fields["guided_coefficients"] if m["client"] == "server"]
+    assert len(server) == 1 and server[0]["start"] == 0 and server[0]["c"] > 0
+    assert fields["guided_server_member_loss"] > 0
+    assert not fields["guided_fallback"]
+    assert fields["guided_holdout_accuracy_searched"] > fields["guided_holdout_accuracy_average"]
+    assert [e.client_id for e in strategy.atlas.entries] == ["c0", "c1", "c2", "c3"]
+
+
 def test_replies_without_a_known_round_stamp_are_rejected(grid):
     strategy = guided(grid)
     messages = list(strategy.configure_train(1, strategy.global_arrays, ConfigRecord(), grid))
@@ -259,7 +320,8 @@ def test_replies_without_a_known_round_stamp_are_rejected(grid):
         "client c1: reply stamped with global None, which the server does not keep (it keeps [0])",
         "client c2: reply stamped with global 7, which the server does not keep (it keeps [0])",
         "client c3: reply stamped with global nan, which the server does not keep (it keeps [0])"]
-    assert [c["client"] for c in strategy.round_metrics()["guided_coefficients"]] == ["c0"]
+    assert [c["client"] for c in strategy.round_metrics()["guided_coefficients"]] == [
+        "c0", "server"]
 
 
 def test_a_non_finite_reply_never_enters_the_atlas(grid):
@@ -323,7 +385,9 @@ def test_two_rounds_end_to_end(tmp_path, strategy):
         for row in rows:
             assert isinstance(row["guided_fallback"], bool)
             assert row["guided_search_loss_after"] < row["guided_search_loss_before"]
-            assert [c["round"] for c in row["guided_coefficients"]] == [row["round"] - 1] * 5
+            # the five clients' updates and the server member's, all from the last global
+            assert [(c["client"], c["round"]) for c in row["guided_coefficients"]] == [
+                *((str(i), row["round"] - 1) for i in range(5)), ("server", row["round"] - 1)]
     else:
         assert rows[-1]["num_replies"] == 0 and rows[-1]["bytes_up"] == 0
         assert rows[-1]["client_accuracy"] is not None

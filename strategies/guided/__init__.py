@@ -25,9 +25,11 @@ def build(setup: ServerSetup) -> GuidedMerge:
         loss="ce" if data.labeled else settings.unlabeled_loss,
         granularity=settings.granularity, steps=settings.search_steps,
         lr=settings.search_lr, batch_size=settings.search_batch_size,
-        device=next(setup.model.parameters()).device)
+        device=next(setup.model.parameters()).device, trust_region=settings.trust_region)
     atlas = ModelAtlas(settings.atlas_size, settings.max_staleness, settings.eviction_patience)
-    return GuidedMerge(search=search, atlas=atlas, **setup.common())
+    member = (setup.server_training(data.search)
+              if settings.server_member and data.labeled else None)
+    return GuidedMerge(search=search, atlas=atlas, server_member=member, **setup.common())
 
 
 SPEC = MethodSpec("guided", config=GuidedConfig, build=build, client=GuidedClient(),

@@ -6,11 +6,29 @@ global w:
     anchors       a_m_hat = a_m / ||a_m||                 (granularity "vector")
                   a_m,l_hat = a_m,l / ||a_m,l||           (granularity "tensor": per tensor l)
     merge         w(c) = w + sum_m c_m a_m_hat            (c_m,l per tensor with "tensor")
-    start         c_m = p_m ||a_m||  =>  w(c) = w + sum_m p_m a_m, the plain average
+    start         c0_m = p_m ||a_m||  =>  w(c0) = w + sum_m p_m a_m, the plain average
     search        c* = argmin_c L_s(w(c)) with Adam, ``steps`` mini-batches of the search
-                  part of D_s; c may turn negative; only c is optimised.
-    fallback      on the held-out part of D_s, keep w(c*) only if its loss is below the
-                  plain average's; otherwise the plain average is the new global.
+                  part of D_s; only c is optimised. After every step c is projected
+                  onto the trust region around FedAvg's coefficients (``trust_region``
+                  = rho):
+                      (1 - rho) c0_m <= c_m <= (1 + rho) c0_m,
+                  so rho = 1 (the default) lets the search drop or double each client's
+                  step but never reverse it; rho = 0 turns the region off (the paper's
+                  unconstrained search: c may turn negative).
+    server member with labelled D_s (``server_update``), the server's own step
+                  a_s = w_s - w, w_s trained from w on the search part with the clients'
+                  recipe, is one more anchor, not normalised: w(c) gains c_s a_s with
+                  0 <= c_s <= 1 (none of its step .. all of it), started at 0 (FedAvg).
+                  In these units Adam's steps of ~lr cross the whole range in a few
+                  steps, whatever ||a_s|| is; in norm units (c_s <= ||a_s||, often > 5)
+                  20 steps of 0.1 could not reach the server-only model w + a_s.
+    fallback      on the held-out part of D_s, which neither the search nor the server
+                  member has seen, keep w(c*) only if its loss is below the plain
+                  average's; otherwise the plain average is the new global.
+
+#19 found the unconstrained search moving far from FedAvg on out-of-domain D_s, where the
+held-out part (the same domain) cannot see the harm; the trust region bounds that, and
+the server member lets in-domain labelled D_s reach what ``central`` reaches.
 
 L_s is cross-entropy when D_s is labeled; for a causal LM (task instruct) it is the response
 loss, the mean cross-entropy of D_s's response tokens with the prompts masked as in the
@@ -87,26 +105,38 @@ class MergeOutcome:
 class CoefficientSearch:
     def __init__(self, model: nn.Module, search_set: datasets.Dataset,
                  holdout_set: datasets.Dataset, *, loss: str, granularity: str,
-                 steps: int, lr: float, batch_size: int, device: torch.device) -> None:
+                 steps: int, lr: float, batch_size: int, device: torch.device,
+                 trust_region: float = 0.0) -> None:
         if loss not in SERVER_LOSSES:
             raise ValueError(f"unknown server loss '{loss}'; choose one of {SERVER_LOSSES}")
         self.model, self.loss, self.granularity = model, loss, granularity
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
-        self.device = device
+        self.device, self.trust_region = device, trust_region
         self.search_set, self.holdout_set = search_set, holdout_set
         self.module_names = travelling_module_names(model)
 
     def merge(self, base: Tensors, updates: list[Tensors], num_examples: list[int],
-              seed: int) -> MergeOutcome:
+              seed: int, server_update: Tensors | None = None) -> MergeOutcome:
+        """The new global from the clients' ``updates`` (and the server member's, last in
+        the coefficients when given)."""
         started = time.perf_counter()
         names = sorted(base)
         weights = np.asarray(num_examples, dtype=np.float64) / sum(num_examples)
         plain = {n: (base[n].astype(np.float64) + sum(p * u[n].astype(np.float64)
                                                       for p, u in zip(weights, updates)))
                  .astype(np.float32) for n in names}
-        anchors, start = self._anchors(names, updates, weights)
+        anchors, norms = self._anchors(names, updates)
+        start, lower, upper = self._start_and_bounds(norms, weights)
+        if server_update is not None:
+            for n in names:
+                anchors[n] = torch.cat([anchors[n], torch.as_tensor(
+                    server_update[n], dtype=torch.float32, device=self.device)[None]])
+            start, lower, upper = (np.concatenate([b, np.full((1,) + b.shape[1:], value)])
+                                   for b, value in ((start, 0.0), (lower, 0.0), (upper, 1.0)))
         coefficients = torch.tensor(start, dtype=torch.float32, device=self.device,
                                     requires_grad=True)
+        lower_t, upper_t = (torch.tensor(b, dtype=torch.float32, device=self.device)
+                            for b in (lower, upper))
         base_t = {n: torch.as_tensor(base[n], device=self.device) for n in names}
 
         def merged_params(c: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -126,6 +156,8 @@ class CoefficientSearch:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():
+                coefficients.copy_(torch.clamp(coefficients, lower_t, upper_t))
         with torch.no_grad():
             searched_params = merged_params(coefficients)
             loss_after = self._mean_loss(searched_params, self.search_set)[0]
@@ -146,23 +178,33 @@ class CoefficientSearch:
             holdout_accuracy_searched=holdout_searched[1], fallback=fallback,
             seconds=time.perf_counter() - started)
 
-    def _anchors(self, names: list[str], updates: list[Tensors], weights: np.ndarray
+    def _anchors(self, names: list[str], updates: list[Tensors]
                  ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-        """Normalised anchors stacked per tensor (M, *shape), and the start coefficients."""
+        """Normalised anchors stacked per tensor (M, *shape), and the norms they were
+        divided by: (M,) with granularity "vector", (M, L) with "tensor"."""
         tensor_norms = np.array([[np.linalg.norm(u[n].astype(np.float64)) for n in names]
                                  for u in updates])  # (M, L)
         if self.granularity == "vector":
             norms = np.sqrt((tensor_norms ** 2).sum(axis=1))  # (M,)
             divisors = np.repeat(norms[:, None], len(names), axis=1)
-            start = weights * norms
         else:
+            norms = tensor_norms
             divisors = np.where(tensor_norms > 0, tensor_norms, 1.0)
-            start = weights[:, None] * tensor_norms
         anchors = {n: torch.as_tensor(np.stack([u[n].astype(np.float64) / divisors[m, i]
                                                 for m, u in enumerate(updates)]),
                                       dtype=torch.float32, device=self.device)
                    for i, n in enumerate(names)}
-        return anchors, start
+        return anchors, norms
+
+    def _start_and_bounds(self, norms: np.ndarray, weights: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """FedAvg's coefficients c0 and the trust region's bounds around them."""
+        start = weights.reshape((-1,) + (1,) * (norms.ndim - 1)) * norms
+        rho = self.trust_region if self.trust_region > 0 else np.inf
+        with np.errstate(invalid="ignore"):  # inf * 0 for a client whose tensor is all zero
+            lower = np.nan_to_num(start - rho * start, nan=0.0, neginf=-np.inf)
+            upper = np.nan_to_num(start + rho * start, nan=0.0, posinf=np.inf)
+        return start, lower, upper
 
     def _batches(self, seed: int):
         """``steps`` mini-batches of the search part, reshuffled (seeded) at each pass."""

@@ -3,7 +3,7 @@ searches on is shared (``server-data*``, which ``central`` uses too)."""
 
 from dataclasses import dataclass
 
-from pollen.config import Section, at_least, one_of, positive, setting
+from pollen.config import Section, at_least, non_negative, one_of, positive, setting
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,7 @@ class GuidedConfig(Section):
     search_lr: float = setting(0.1, positive)
     search_batch_size: int = setting(32, at_least(1))
     eviction_patience: int = setting(3, at_least(1))
+    # |c_m - c0_m| <= rho c0_m around FedAvg's coefficients c0 (0: the paper's free search)
+    trust_region: float = setting(1.0, non_negative)
+    # with labelled D_s: the server's own step from the global on D_s joins the atlas
+    server_member: bool = setting(True)

@@ -6,8 +6,11 @@ from (their train reply's ``global-round`` metric echoes the message's). The ser
 each valid reply into an update a_k = w_k - w_tau(k) against the global it started from,
 keeps the updates in a model atlas (``atlas.py``: size, staleness, eviction), searches
 merging coefficients on its own data D_s (``coefficient_search.py``: anchors, Adam on c,
-fallback to the plain average on held-out D_s) and sends the result to the next round's
-clients.
+a trust region around FedAvg's coefficients, fallback to the plain average on held-out D_s)
+and sends the result to the next round's clients. With labelled D_s (and
+``guided.server-member``), the server also trains a copy of the global on the search part
+of D_s with the clients' recipe each round; its step joins the search as one more atlas
+member (not kept across rounds: it is recomputed from each new global).
 
 Message contract: the shared one (``strategies/base.py``), and the train config's
 ``global-round`` (int), which the reply's metrics must echo as ``global-round``.
@@ -34,6 +37,7 @@ from flwr.serverapp import Grid
 
 from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
+from pollen.training import ServerTraining
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.guided.atlas import AtlasEntry, ModelAtlas
 from strategies.guided.client import GLOBAL_ROUND_KEY
@@ -42,9 +46,10 @@ from strategies.guided.coefficient_search import CoefficientSearch
 
 class GuidedMerge(PollenStrategy):
     checks_values = False  # updates enter the atlas before the mean is taken
-    def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas, **kwargs) -> None:
+    def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas,
+                 server_member: ServerTraining | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.search, self.atlas = search, atlas
+        self.search, self.atlas, self.server_member = search, atlas, server_member
         # Globals that atlas updates may have started from, by index (0 = initial).
         self.globals: dict[int, dict[str, np.ndarray]] = {0: from_array_record(self.global_arrays)}
         self.arrivals: list[AtlasEntry] = []
@@ -53,11 +58,12 @@ class GuidedMerge(PollenStrategy):
     def summary(self) -> None:
         log(INFO, "\t├──> Guided merging: atlas size %d, max staleness %d, eviction after "
             "%d searches with c <= 0, %s coefficients, %d search steps (lr %g, batch %d) on "
-            "%d server examples + %d held out, loss %s", self.atlas.size,
-            self.atlas.max_staleness, self.atlas.patience,
+            "%d server examples + %d held out, loss %s, trust region %g, server member %s",
+            self.atlas.size, self.atlas.max_staleness, self.atlas.patience,
             "per-tensor" if self.search.granularity == "tensor" else "per-update",
             self.search.steps, self.search.lr, self.search.batch_size,
-            len(self.search.search_set), len(self.search.holdout_set), self.search.loss)
+            len(self.search.search_set), len(self.search.holdout_set), self.search.loss,
+            self.search.trust_region, "on" if self.server_member else "off")
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -107,10 +113,19 @@ class GuidedMerge(PollenStrategy):
             departed += self.atlas.admit(entry)
         departed += self.atlas.drop_stale(server_round - 1)
         entries = list(self.atlas.entries)
+        server_update, server_loss = None, None
+        if self.server_member is not None:
+            trained, server_loss = self.server_member.run(
+                base, server_round, derive_seed(self.seed, "guided-server-member", server_round))
+            server_update = {n: trained[n] - base[n] for n in base}
         outcome = self.search.merge(base, [e.update for e in entries],
                                     [e.num_examples for e in entries],
-                                    seed=derive_seed(self.seed, "guided-search", server_round))
-        departed += self.atlas.record_search(outcome.coefficients)
+                                    seed=derive_seed(self.seed, "guided-search", server_round),
+                                    server_update=server_update)
+        departed += self.atlas.record_search(outcome.coefficients[:len(entries)])
+        members = [(e.client_id, e.round) for e in entries]
+        if server_update is not None:
+            members.append(("server", server_round - 1))
         self.global_arrays = to_array_record(outcome.merged)
         log(INFO, "guided merge: %d atlas entries, held-out loss %.4f searched vs %.4f "
             "average -> %s", len(entries), outcome.holdout_loss_searched,
@@ -118,10 +133,11 @@ class GuidedMerge(PollenStrategy):
             else "searched")
         self.metrics_fields = {
             "guided_coefficients": [
-                {"client": e.client_id, "round": e.round,
+                {"client": client, "round": stamp,
                  "start": np.round(start, 6).tolist(), "c": np.round(c, 6).tolist()}
-                for e, start, c in zip(entries, outcome.start_coefficients,
-                                       outcome.coefficients)],
+                for (client, stamp), start, c in zip(members, outcome.start_coefficients,
+                                                     outcome.coefficients, strict=True)],
+            "guided_server_member_loss": server_loss,
             "guided_fallback": outcome.fallback,
             "guided_departed": departed,
             "guided_search_loss_before": outcome.search_loss_before,
