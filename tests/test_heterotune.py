@@ -19,7 +19,7 @@ from pollen.training import evaluate, make_loader, torch_dataset
 from server_app.app import run
 from strategies import build_model_for, build_strategy, run_config
 from strategies.directory import ClientDirectory
-from strategies.heterotune.strategy import cmga, conflict_fraction
+from strategies.heterotune.strategy import cmga, conflicts_and_cosines
 from strategies.spec import ServerSetup
 from tests.localgrid import LocalGrid
 
@@ -45,31 +45,78 @@ def test_dema_leaves_the_backbone_unchanged_at_initialisation(family):
                for n in trainable)
 
 
-def test_shared_tensors_match_across_widths_and_family_tensors_do_not():
+def test_banks_align_by_absolute_layer_and_projections_of_other_widths_stay_apart():
     config = hetero()
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid).strategy
     small, wide = (travelling_state(build_model_for(config, f, 4)) for f in WIDTHS.split(","))
-    shared = sorted(n for n in small if is_shared(n))
-    assert shared and shared == sorted(n for n in wide if is_shared(n))
-    for name in shared:  # same shape and the same initial values in every family
+    banks = sorted(n for n in small if is_shared(n))
+    # one bank per layer index: the 2-layer family holds banks 0-1, the 3-layer one 0-2
+    assert {n.split(".")[1] for n in banks} == {"0", "1"}
+    assert {n.split(".")[1] for n in wide if is_shared(n)} == {"0", "1", "2"}
+    for name in banks:  # the same initial values in every family that holds them
         assert np.array_equal(small[name], wide[name])
-    assert len(shared) == 2 * config.method.dema_banks * 2  # experts + gate, per bank and module
-    down = "query.down.weight"
+    assert strategy.holds["tiny-bert"] == banks
+    assert sorted(n for n in strategy.shared if is_shared(n)) == sorted(
+        n for n in wide if is_shared(n))
+    down = "query.down.weight"  # other widths: D/U of common layers stay family tensors
     assert {v.shape for n, v in small.items() if n.endswith(down)} == {(8, 32)}
     assert {v.shape for n, v in wide.items() if n.endswith(down)} == {(8, 64)}
+    assert not any(n.endswith(down) and n in small for n in strategy.shared)
 
 
-def test_cmga_removes_negative_inner_products_and_keeps_agreeing_updates():
+def test_relative_alignment_shares_b_banks_by_depth_and_no_projection():
+    config = hetero(**{"heterotune.layer-alignment": "relative"})
+    strategy = strategy_over(config, LocalGrid.simulation(describe_family, num_nodes=4)).strategy
+    assert len(strategy.shared) == 2 * config.method.dema_banks * 2  # experts + gate, per bank and module
+    assert all(is_shared(n) for n in strategy.shared)
+    assert strategy.holds["tiny-bert"] == strategy.holds["tiny-bert-w64"] == sorted(strategy.shared)
+
+
+def test_prefix_families_of_one_width_share_their_layers_projections():
+    """MiniLM-L2 and -L4 are prefixes of one checkpoint, 384 wide: layer l's D/U and bank
+    are one tensor for both (same initial values); L4's layers 2-3 are its own."""
+    families = "minilm-l2,minilm-l4"
+    config = hetero(**{"model-families": families, "model": "minilm-l2"})
+
+    def describe(msg, context):
+        partition = int(context.node_config["partition-id"])
+        about = ConfigRecord({"client-id": str(partition), "num-train": 10, "num-test": 2,
+                              "family": families.split(",")[partition % 2]})
+        return Message(RecordDict({"client": about}), reply_to=msg)
+
+    strategy = strategy_over(config, LocalGrid.simulation(describe, num_nodes=2)).strategy
+    short, deep = strategy.holds["minilm-l2"], strategy.holds["minilm-l4"]
+    assert set(short) < set(deep)
+    layer_of = {n: n.split("layer.")[1].split(".")[0] for n in deep if "layer." in n}
+    assert {layer_of[n] for n in short if n in layer_of} == {"0", "1"}
+    assert {layer_of[n] for n in deep if n in layer_of} == {"0", "1", "2", "3"}
+    assert any(n.endswith("query.down.weight") for n in short)
+    assert all(not n.startswith("backbone.classifier") for n in deep)  # heads stay apart
+    models = {f: travelling_state(build_model_for(config, f, 4)) for f in families.split(",")}
+    for name in short:
+        assert np.array_equal(models["minilm-l2"][name], models["minilm-l4"][name])
+
+
+def test_cmga_removes_negative_inner_products_per_unit_and_keeps_agreeing_updates():
     rng = np.random.default_rng(0)
-    u = rng.normal(size=50)
-    v = -u + 0.3 * rng.normal(size=50)  # in conflict with u
-    w = rng.normal(size=50)
-    assert u @ v < 0 and conflict_fraction([u, v]) == 1.0
-    projected = cmga([u, v], order_seed=1)
-    assert projected[0] @ v == pytest.approx(0.0, abs=1e-9)
-    assert projected[1] @ u == pytest.approx(0.0, abs=1e-9)
-    agreeing = [u, u + 0.1 * w, 2 * u]
-    assert conflict_fraction(agreeing) == 0.0
-    assert all(np.array_equal(a, b) for a, b in zip(cmga(agreeing, 3), agreeing))
+    u, w = rng.normal(size=50), rng.normal(size=50)
+    v = -u + 0.3 * rng.normal(size=50)  # in conflict with u on tensor "a"
+    updates = {"f": {"a": u, "b": w}, "g": {"a": v, "b": w + 0.1 * u}}
+    per_tensor = [["a"], ["b"]]
+    conflict, cosines = conflicts_and_cosines(updates, per_tensor)
+    assert conflict == 0.5  # "a" conflicts, "b" agrees
+    expected = np.mean([u @ v / np.linalg.norm(u) / np.linalg.norm(v),
+                        w @ (w + 0.1 * u) / np.linalg.norm(w) / np.linalg.norm(w + 0.1 * u)])
+    assert cosines == {"f|g": pytest.approx(expected)}
+    projected = cmga(updates, per_tensor, order_seed=1)
+    assert projected["f"]["a"] @ v == pytest.approx(0.0, abs=1e-9)
+    assert projected["g"]["a"] @ u == pytest.approx(0.0, abs=1e-9)
+    for f in updates:  # the agreeing tensor is left as it was
+        assert np.array_equal(projected[f]["b"], updates[f]["b"])
+    # over the whole vector the same pair may not conflict at all: the units matter
+    whole = conflicts_and_cosines(updates, [["a", "b"]])[0]
+    assert whole == float(u @ v + w @ (w + 0.1 * u) < 0)
 
 
 def describe_family(msg: Message, context) -> Message:
@@ -123,14 +170,22 @@ def test_family_tensors_never_mix_and_shared_ones_combine_by_family(use_cmga):
     for name, value in before["tiny-bert-w64"].items():
         if not is_shared(name):
             np.testing.assert_allclose(after["tiny-bert-w64"][name], value - 2.0, atol=1e-5)
-    shared = [n for n in before["tiny-bert"] if is_shared(n)]
+    shared = [n for n in before["tiny-bert"] if is_shared(n)]  # banks of layers 0-1
     steps = {n: after["tiny-bert"][n] - before["tiny-bert"][n] for n in shared}
     assert all(np.array_equal(after["tiny-bert"][n], after["tiny-bert-w64"][n]) for n in shared)
     assert strategy.round_metrics()["cmga_conflict_fraction"] == 1.0
+    assert strategy.round_metrics()["cmga_cosines"] == {
+        "tiny-bert|tiny-bert-w64": pytest.approx(-1.0)}
     if use_cmga:  # u = (+2.5, -2.0) everywhere: both are projected to zero
         assert all(np.allclose(step, 0.0, atol=1e-5) for step in steps.values())
     else:  # sample-weighted: (40 * 2.5 - 40 * 2.0) / 80 = 0.25
         assert all(np.allclose(step, 0.25, atol=1e-5) for step in steps.values())
+    # the bank of layer 2, which only the 3-layer family holds, takes its update alone
+    only_wide = [n for n in before["tiny-bert-w64"] if is_shared(n) and n not in before["tiny-bert"]]
+    assert only_wide
+    for name in only_wide:
+        np.testing.assert_allclose(after["tiny-bert-w64"][name],
+                                   before["tiny-bert-w64"][name] - 2.0, atol=1e-5)
 
 
 def test_state_round_trip_gives_the_same_next_round():

@@ -2,13 +2,17 @@
 
 Every target linear layer (``DemaConfig.target_modules``, matched on the last part of
 its name) inside ``encoder.layer.<l>`` (BERT-like encoders) or ``layers.<l>`` (Llama-like
-decoders) of an L-layer backbone becomes a ``DemaLinear``
-that uses bank floor(l * B / L) of its module: layers at the same relative depth share
-experts, whatever the depth of the backbone.
+decoders) of an L-layer backbone becomes a ``DemaLinear`` that uses bank
+``DemaConfig.bank_of(l, L)`` of its module: floor(l B / L) (methods.md: layers at the same
+relative depth share experts), or with B = 0 bank l (absolute layer index: for families
+that are prefixes of one checkpoint, as MiniLM-L2/L4/L6, layer l is the same pretrained
+layer in every family that has it).
 
-Tensor names (what travels): ``banks.<b>.<module>.experts`` / ``.gate`` are shared by
-every family; ``backbone.<...>.down.weight`` / ``.up.weight`` and the classifier head
-(``backbone.classifier.*``) belong to the family.
+Tensor names (what travels): ``banks.<b>.<module>.experts`` / ``.gate`` (the shared
+experts), ``backbone.<...>.down.weight`` / ``.up.weight`` (D_f, U_f) and the classifier
+head (``backbone.classifier.*``). Every DeMA tensor is seeded by its place (bank and
+module; projections by layer, module and width), not by family, so tensors that
+HeteroTune shares start equal in every family that holds them.
 """
 
 from __future__ import annotations
@@ -52,11 +56,14 @@ class DemaModel(nn.Module):
 def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaModel:
     """Freeze the backbone except its classifier head and add DeMA layers in place."""
     num_layers = backbone.config.num_hidden_layers
-    torch.manual_seed(derive_seed(config.seed, "dema-banks"))
+
+    def bank(b: int, module: str) -> ExpertBank:
+        torch.manual_seed(derive_seed(config.seed, "dema-bank", b, module))
+        return ExpertBank(config.rank, config.experts)
+
     banks = nn.ModuleDict({
-        str(b): nn.ModuleDict({m: ExpertBank(config.rank, config.experts)
-                               for m in config.target_modules})
-        for b in range(config.banks)})
+        str(b): nn.ModuleDict({m: bank(b, m) for m in config.target_modules})
+        for b in range(num_layers if config.absolute else config.banks)})
     targets = [(name, module) for name, module in backbone.named_modules()
                if name.rsplit(".", 1)[-1] in config.target_modules
                and isinstance(module, nn.Linear) and _LAYER_INDEX.search(name)]
@@ -66,13 +73,15 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
                           f"the transformer layers of '{family}'")
     for parameter in backbone.parameters():
         parameter.requires_grad = False
-    torch.manual_seed(derive_seed(config.seed, "dema", family))
     for name, linear in targets:
         layer = int(_LAYER_INDEX.search(name).group(1))
         module = name.rsplit(".", 1)[-1]
-        bank = banks[str(layer * config.banks // num_layers)][module]
         parent = backbone.get_submodule(name.rsplit(".", 1)[0])
-        setattr(parent, module, DemaLinear(linear, bank, config.rank))
+        torch.manual_seed(derive_seed(config.seed, "dema-projection", layer, module,
+                                      linear.in_features, linear.out_features))
+        shared = banks[str(config.bank_of(layer, num_layers))][module]
+        setattr(parent, module, DemaLinear(linear, shared, config.rank,
+                                           config.alpha / config.rank))
     for name, parameter in backbone.named_parameters():
         if is_head(name):
             parameter.requires_grad = True
@@ -80,7 +89,13 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
 
 
 def is_shared(name: str) -> bool:
+    """An expert bank's tensor (shared by every family holding it)."""
     return name.startswith(SHARED_PREFIX)
+
+
+def is_projection(name: str) -> bool:
+    """A DeMA layer's D (``down``) or U (``up``)."""
+    return name.endswith((".down.weight", ".up.weight"))
 
 
 ADAPTER_FILE = "dema_adapter.safetensors"

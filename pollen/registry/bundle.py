@@ -69,6 +69,7 @@ def manifest_for(model: nn.Module, config: RunConfig, num_classes: int, *, base_
         dema = model.dema_config
         manifest.adapter_type = pb.ADAPTER_TYPE_DEMA
         manifest.rank, manifest.experts, manifest.banks = dema.rank, dema.experts, dema.banks
+        manifest.alpha = dema.alpha
         manifest.target_modules.extend(dema.target_modules)
         manifest.base_model = model.family
     if scope == "family":

@@ -146,8 +146,8 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
                        seed=seed)
     if manifest.adapter_type == pb.ADAPTER_TYPE_DEMA:
         dema = DemaConfig(rank=max(manifest.rank, 1), experts=max(manifest.experts, 1),
-                          banks=max(manifest.banks, 1),
-                          target_modules=tuple(manifest.target_modules), seed=seed)
+                          banks=manifest.banks, target_modules=tuple(manifest.target_modules),
+                          seed=seed, alpha=max(manifest.alpha, 1))
         model = inject_dema(build_backbone(base, manifest.num_classes, seed), dema, base)
     else:
         model = build_model(config, manifest.num_classes)

@@ -28,5 +28,8 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
 
 SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
                   build_model=build_dema_model,
-                  build=lambda setup: HeteroTune(use_cmga=setup.config.method.cmga,
-                                                 **family_common(setup)))
+                  build=lambda setup: HeteroTune(
+                      use_cmga=setup.config.method.cmga,
+                      per_tensor=setup.config.method.cmga_granularity == "tensor",
+                      share_projections=setup.config.method.layer_alignment == "absolute",
+                      **family_common(setup)))

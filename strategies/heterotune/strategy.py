@@ -1,21 +1,35 @@
 """HeteroTune (arXiv 2411.16796): DeMA adapters federated across backbone families, with
-cross-model gradient alignment. No public code; this is ../shared/docs/methods.md §3.
+cross-model gradient alignment. No public code; this is ../shared/docs/methods.md §3, with
+the changes #19 asked for (below).
 
-Tensors: DeMA's expert banks (``banks.*``: experts and gates) are shared by every family;
-the down/up projections and the classifier head stay within their family
-(``pollen/dema``). Family-specific tensors are averaged within the family by sample
-count. The shared update, per round:
+Shared tensors: DeMA's expert banks (``banks.*``: experts and gates) and, with
+``heterotune.layer-alignment = absolute`` (the default), also the projections D/U of every
+layer index that families hold with the same shape (families of equal width: MiniLM-L2,
+-L4 and -L6 share all their DeMA tensors for layers 0-1, L4 and L6 those of 2-3 too). A
+tensor is shared by the families that hold it; a name held with different shapes (other
+widths) stays within each family. The classifier head and, with ``relative`` alignment
+(methods.md: banks by relative depth), D/U are family tensors, averaged within the family
+by sample count. The shared update, per round:
 
     u_f     = sum_{k in f} (n_k / n_f) (w_k - w_sent)       each family's mean update
-    CMGA    for f in families, for g in the others in a seeded random order:
+    CMGA    per unit (each shared tensor with ``heterotune.cmga-granularity = tensor``, or
+            all of them with ``vector``), for f among the unit's holders, for g among the
+            others in a seeded random order, over the tensors both hold:
                 if <u_f', u_g> < 0:  u_f' <- u_f' - <u_f', u_g> / ||u_g||^2 u_g
             (PCGrad: projections against the other families' original updates)
-    shared <- shared + sum_f (n_f / n) u_f'
+    shared  t <- t + sum_{f holds t} (n_f / sum_{g holds t} n_g) u_f'[t]
 
-``heterotune.cmga = false`` skips the projection (the ablation): the shared tensors are then the
-sample-weighted mean over all clients. Inner products are over the whole flattened shared
-vector. Logged each round: ``cmga_conflict_fraction``, the share of family pairs whose
-updates had a negative inner product before projection.
+Per tensor is #19's reading: one 1,152-number vector across every bank let the largest
+tensors decide every projection. ``heterotune.cmga = false`` skips the projection (the
+ablation). Logged each round: ``cmga_conflict_fraction``, the share of (unit, family
+pair) with a negative inner product before projection, and ``cmga_cosines``, the mean
+cosine of each family pair's updates over the units both hold.
+
+Where we go beyond methods.md (our choices, #19): sharing D/U between families of equal
+width needs their coordinates aligned, so every DeMA tensor is seeded by its place
+(``pollen/dema/model.py``), not by family; and the absolute layer index pairs layer l of
+prefix models with the same pretrained layer, where relative depth paired layer 1 of a
+2-layer model with layer 3 of a 6-layer one.
 
 Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
@@ -28,79 +42,106 @@ from logging import INFO
 import numpy as np
 from flwr.common.logger import log
 
-from pollen.dema.model import is_shared
+from pollen.dema.model import is_projection, is_shared
 from pollen.seeding import derive_seed
 from strategies.fedavg_per_family.strategy import FamilyFedAvg, Reply, Tensors
 
 
-def flatten(tensors: Tensors, names: list[str]) -> np.ndarray:
-    return np.concatenate([tensors[n].astype(np.float64).ravel() for n in names])
+def conflicts_and_cosines(updates: dict[str, Tensors], units: list[list[str]]
+                          ) -> tuple[float, dict[str, float]]:
+    """The share of (unit, family pair) whose updates have a negative inner product, and
+    each pair's mean cosine over the units both hold."""
+    negative, pairs, cosines = 0, 0, {}
+    families = sorted(updates)
+    for unit in units:
+        for i, f in enumerate(families):
+            for g in families[i + 1:]:
+                common = [n for n in unit if n in updates[f] and n in updates[g]]
+                if not common:
+                    continue
+                dot = sum(float(np.vdot(updates[f][n], updates[g][n])) for n in common)
+                norms = (sum(float(np.vdot(updates[f][n], updates[f][n])) for n in common)
+                         * sum(float(np.vdot(updates[g][n], updates[g][n])) for n in common))
+                pairs += 1
+                negative += dot < 0
+                if norms > 0:
+                    cosines.setdefault(f"{f}|{g}", []).append(dot / np.sqrt(norms))
+    return (negative / pairs if pairs else 0.0,
+            {pair: float(np.mean(values)) for pair, values in cosines.items()})
 
 
-def conflict_fraction(updates: list[np.ndarray]) -> float:
-    """The share of pairs of updates with a negative inner product."""
-    pairs = [(i, j) for i in range(len(updates)) for j in range(i + 1, len(updates))]
-    return sum(float(updates[i] @ updates[j]) < 0 for i, j in pairs) / len(pairs) if pairs else 0.0
-
-
-def cmga(updates: list[np.ndarray], order_seed: int) -> list[np.ndarray]:
-    """PCGrad-style projections of each update against the others it conflicts with."""
+def cmga(updates: dict[str, Tensors], units: list[list[str]], order_seed: int
+         ) -> dict[str, Tensors]:
+    """PCGrad-style projections of each family's update against the others it conflicts
+    with, unit by unit, over the tensors both hold."""
     rng = random.Random(order_seed)
-    projected = []
-    for i, update in enumerate(updates):
-        aligned = update.copy()
-        others = [j for j in range(len(updates)) if j != i]
-        rng.shuffle(others)
-        for j in others:
-            dot = float(aligned @ updates[j])
-            norm_sq = float(updates[j] @ updates[j])
-            if dot < 0 and norm_sq > 0:
-                aligned -= dot / norm_sq * updates[j]
-        projected.append(aligned)
-    return projected
+    aligned = {f: {n: u.copy() for n, u in tensors.items()} for f, tensors in updates.items()}
+    for unit in units:
+        for f in sorted(updates):
+            others = [g for g in sorted(updates) if g != f]
+            rng.shuffle(others)
+            for g in others:
+                common = [n for n in unit if n in updates[f] and n in updates[g]]
+                dot = sum(float(np.vdot(aligned[f][n], updates[g][n])) for n in common)
+                norm_sq = sum(float(np.vdot(updates[g][n], updates[g][n])) for n in common)
+                if dot < 0 and norm_sq > 0:
+                    for n in common:
+                        aligned[f][n] -= dot / norm_sq * updates[g][n]
+    return aligned
 
 
 class HeteroTune(FamilyFedAvg):
-    def __init__(self, *, use_cmga: bool, **kwargs) -> None:
-        self.use_cmga = use_cmga
+    def __init__(self, *, use_cmga: bool, per_tensor: bool, share_projections: bool,
+                 **kwargs) -> None:
+        self.use_cmga, self.per_tensor = use_cmga, per_tensor
+        self.share_projections = share_projections
         super().__init__(**kwargs)
 
     def summary(self) -> None:
-        log(INFO, "\t├──> HeteroTune: %d shared DeMA tensors, CMGA %s", len(self.shared),
-            "on" if self.use_cmga else "off (ablation)")
+        log(INFO, "\t├──> HeteroTune: %d shared DeMA tensors (%s), CMGA %s", len(self.shared),
+            ", ".join(f"{f}: {len(self.holds[f])}" for f in self.families),
+            ("per tensor" if self.per_tensor else "over the whole vector") if self.use_cmga
+            else "off (ablation)")
         super().summary()
 
     def split_models(self, models: dict[str, Tensors]) -> tuple[dict[str, Tensors], Tensors]:
-        first = models[sorted(models)[0]]
-        shared = {n: v for n, v in first.items() if is_shared(n)}
-        for family, tensors in models.items():
-            names = {n for n in tensors if is_shared(n)}
-            if names != set(shared) or any(tensors[n].shape != shared[n].shape for n in names):
-                raise ValueError(f"family '{family}' has other shared DeMA tensors than "
-                                 f"'{sorted(models)[0]}': dema-rank, dema-experts, "
-                                 "dema-banks and dema-target-modules must be the same")
-        return ({f: {n: v for n, v in t.items() if not is_shared(n)}
+        """Shared: the bank tensors (and, with shared projections, the DeMA projections)
+        that every family holding them holds with one shape; the rest per family."""
+        candidates = {n for t in models.values() for n in t
+                      if is_shared(n) or (self.share_projections and is_projection(n))}
+        shared = {}
+        for name in sorted(candidates):
+            holders = [f for f in sorted(models) if name in models[f]]
+            if len({models[f][name].shape for f in holders}) == 1:
+                shared[name] = models[holders[0]][name]
+            elif is_shared(name):
+                raise ValueError(f"families {holders} hold shared DeMA tensor '{name}' with "
+                                 "different shapes: dema-rank, dema-experts and "
+                                 "dema-target-modules must be the same")
+        self.holds = {f: sorted(n for n in shared if n in t) for f, t in models.items()}
+        return ({f: {n: v for n, v in t.items() if n not in shared}
                  for f, t in models.items()}, shared)
 
+    def family_model(self, family: str) -> Tensors:
+        return {**self.family_tensors[family], **{n: self.shared[n] for n in self.holds[family]}}
+
     def combine_shared(self, groups: dict[str, list[Reply]], server_round: int) -> None:
-        names = sorted(self.shared)
-        families = sorted(groups)
-        sizes = np.array([sum(r.num_examples for r in groups[f]) for f in families], float)
-        updates = []
-        for family in families:
-            replies = groups[family]
-            weights = (np.array([r.num_examples for r in replies], float)
-                       / sizes[families.index(family)])
-            updates.append(sum(w * (flatten(r.tensors, names) - flatten(r.sent, names))
-                               for w, r in zip(weights, replies)))
-        self.family_metrics["cmga_conflict_fraction"] = conflict_fraction(updates)
+        sizes = {f: float(sum(r.num_examples for r in replies)) for f, replies in groups.items()}
+        updates = {}
+        for family, replies in groups.items():
+            updates[family] = {n: sum((r.num_examples / sizes[family])
+                                      * (r.tensors[n].astype(np.float64) - r.sent[n])
+                                      for r in replies)
+                               for n in self.holds[family]}
+        units = [[n] for n in sorted(self.shared)] if self.per_tensor else [sorted(self.shared)]
+        conflict, cosines = conflicts_and_cosines(updates, units)
+        self.family_metrics.update(cmga_conflict_fraction=conflict, cmga_cosines=cosines)
         if self.use_cmga:
-            updates = cmga(updates, derive_seed(self.seed, "cmga", server_round))
-        step = sum((n / sizes.sum()) * u for n, u in zip(sizes, updates))
-        offset = 0
-        for name in names:
-            size = self.shared[name].size
-            self.shared[name] = (self.shared[name].astype(np.float64)
-                                 + step[offset:offset + size].reshape(self.shared[name].shape)
-                                 ).astype(np.float32)
-            offset += size
+            updates = cmga(updates, units, derive_seed(self.seed, "cmga", server_round))
+        for name in self.shared:
+            holders = [f for f in updates if name in updates[f]]
+            if not holders:
+                continue
+            total = sum(sizes[f] for f in holders)
+            step = sum((sizes[f] / total) * updates[f][name] for f in holders)
+            self.shared[name] = (self.shared[name].astype(np.float64) + step).astype(np.float32)
