@@ -12,23 +12,16 @@ global w:
                   onto the trust region around FedAvg's coefficients (``trust_region``
                   = rho):
                       (1 - rho) c0_m <= c_m <= (1 + rho) c0_m,
-                  so rho = 1 (the default) lets the search drop or double each client's
-                  step but never reverse it; rho = 0 turns the region off (the paper's
+                  rho = 0.25 by default; rho = 1 would let the search drop or double a
+                  client's step, and rho = 0 turns the region off (the paper's
                   unconstrained search: c may turn negative).
-    server member with labelled D_s (``server_update``), the server's own step
-                  a_s = w_s - w, w_s trained from w on the search part with the clients'
-                  recipe, is one more anchor, not normalised: w(c) gains c_s a_s with
-                  0 <= c_s <= 1 (none of its step .. all of it), started at 0 (FedAvg).
-                  In these units Adam's steps of ~lr cross the whole range in a few
-                  steps, whatever ||a_s|| is; in norm units (c_s <= ||a_s||, often > 5)
-                  20 steps of 0.1 could not reach the server-only model w + a_s.
-    fallback      on the held-out part of D_s, which neither the search nor the server
-                  member has seen, keep w(c*) only if its loss is below the plain
-                  average's; otherwise the plain average is the new global.
+    fallback      on the held-out part of D_s, which the search has not seen, keep w(c*)
+                  only if its loss is below the plain average's; otherwise the plain
+                  average is the new global.
 
 #19 found the unconstrained search moving far from FedAvg on out-of-domain D_s, where the
-held-out part (the same domain) cannot see the harm; the trust region bounds that, and
-the server member lets in-domain labelled D_s reach what ``central`` reaches.
+held-out part (the same domain) cannot see the harm; the trust region bounds that
+(docs/benchmarks.md gives the measurements behind rho's default).
 
 L_s is cross-entropy when D_s is labeled; for a causal LM (task instruct) it is the response
 loss, the mean cross-entropy of D_s's response tokens with the prompts masked as in the
@@ -116,9 +109,7 @@ class CoefficientSearch:
         self.module_names = travelling_module_names(model)
 
     def merge(self, base: Tensors, updates: list[Tensors], num_examples: list[int],
-              seed: int, server_update: Tensors | None = None) -> MergeOutcome:
-        """The new global from the clients' ``updates`` (and the server member's, last in
-        the coefficients when given)."""
+              seed: int) -> MergeOutcome:
         started = time.perf_counter()
         names = sorted(base)
         weights = np.asarray(num_examples, dtype=np.float64) / sum(num_examples)
@@ -127,12 +118,6 @@ class CoefficientSearch:
                  .astype(np.float32) for n in names}
         anchors, norms = self._anchors(names, updates)
         start, lower, upper = self._start_and_bounds(norms, weights)
-        if server_update is not None:
-            for n in names:
-                anchors[n] = torch.cat([anchors[n], torch.as_tensor(
-                    server_update[n], dtype=torch.float32, device=self.device)[None]])
-            start, lower, upper = (np.concatenate([b, np.full((1,) + b.shape[1:], value)])
-                                   for b, value in ((start, 0.0), (lower, 0.0), (upper, 1.0)))
         coefficients = torch.tensor(start, dtype=torch.float32, device=self.device,
                                     requires_grad=True)
         lower_t, upper_t = (torch.tensor(b, dtype=torch.float32, device=self.device)
@@ -162,11 +147,9 @@ class CoefficientSearch:
             searched_params = merged_params(coefficients)
             loss_after = self._mean_loss(searched_params, self.search_set)[0]
             holdout_searched = self._mean_loss(searched_params, self.holdout_set)
-            holdout_average = self._mean_loss(
-                {self.module_names[n]: torch.as_tensor(plain[n], device=self.device)
-                 for n in names}, self.holdout_set)
             searched = {n: searched_params[self.module_names[n]].detach().to(
                 "cpu", torch.float32).numpy().copy() for n in names}
+        holdout_average = self.holdout_loss(plain)
         fallback = not holdout_searched[0] < holdout_average[0]
         return MergeOutcome(
             merged=plain if fallback else searched, plain_average=plain,
@@ -177,6 +160,13 @@ class CoefficientSearch:
             holdout_accuracy_average=holdout_average[1],
             holdout_accuracy_searched=holdout_searched[1], fallback=fallback,
             seconds=time.perf_counter() - started)
+
+    def holdout_loss(self, tensors: Tensors) -> tuple[float, float | None]:
+        """L_s (and the accuracy, when labeled) of a model on the held-out part of D_s."""
+        self.model.eval()
+        with torch.no_grad():
+            return self._mean_loss({self.module_names[n]: torch.as_tensor(v, device=self.device)
+                                    for n, v in tensors.items()}, self.holdout_set)
 
     def _anchors(self, names: list[str], updates: list[Tensors]
                  ) -> tuple[dict[str, torch.Tensor], np.ndarray]:

@@ -24,6 +24,6 @@ class GuidedConfig(Section):
     search_batch_size: int = setting(32, at_least(1))
     eviction_patience: int = setting(3, at_least(1))
     # |c_m - c0_m| <= rho c0_m around FedAvg's coefficients c0 (0: the paper's free search)
-    trust_region: float = setting(1.0, non_negative)
-    # with labelled D_s: the server's own step from the global on D_s joins the atlas
-    server_member: bool = setting(True)
+    trust_region: float = setting(0.25, non_negative)
+    # with labelled D_s: the server's own training of the global is a third candidate
+    server_member: bool = setting(False)
