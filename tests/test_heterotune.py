@@ -45,6 +45,24 @@ def test_dema_leaves_the_backbone_unchanged_at_initialisation(family):
                for n in trainable)
 
 
+def test_dema_starts_as_a_scaled_rank_r_lora():
+    """Experts near the identity and the alpha / r scale: once U moves, the adapter adds
+    about (alpha / r) U D h, LoRA's (alpha / r) B A h, not a mixture shrunk to ~0.28."""
+    from pollen.dema.layer import DemaLinear, ExpertBank
+
+    torch.manual_seed(0)
+    base, bank = torch.nn.Linear(64, 64), ExpertBank(8, 4)
+    layer = DemaLinear(base, bank, 8, 16 / 8)
+    torch.nn.init.normal_(layer.up.weight, std=0.1)
+    h = torch.randn(32, 64)
+    with torch.no_grad():
+        added = layer(h) - base(h)
+        lora = 2.0 * layer.up(layer.down(h))
+    ratio = added.norm() / lora.norm()
+    assert 0.8 < ratio < 1.2
+    assert not torch.equal(bank.experts[0], bank.experts[1])  # experts can diverge
+
+
 def test_banks_align_by_absolute_layer_and_projections_of_other_widths_stay_apart():
     config = hetero()
     grid = LocalGrid.simulation(describe_family, num_nodes=4)
