@@ -9,11 +9,12 @@ merging coefficients on its own data D_s (``coefficient_search.py``: anchors, Ad
 a trust region around FedAvg's coefficients, fallback to the plain average on held-out D_s)
 and sends the result to the next round's clients.
 
-Server member (#19; ``guided.server-member``, off by default, with labelled D_s): each round the server
-also trains the last global on the search part of D_s with the clients' recipe (what
-``central`` does), and that model becomes the new global instead when its loss on the
-held-out part of D_s is below both the searched merge's and the plain average's. So guided
-cannot fall far below ``central`` where the server's own data is the better teacher. The
+Server member (#19; ``guided.server-member``, off by default; labelled D_s only): each
+round the server also trains the last global on the search part of D_s with the clients'
+recipe (what ``central`` does), and that model becomes the new global instead when its
+loss on the held-out part of D_s is below both the searched merge's and the plain
+average's. So guided cannot fall far below ``central`` where the server's own data is the
+better teacher. The
 issue asked for the server's model as one more atlas member inside the search; measured
 that way (digits, in domain, 3 seeds: 0.931 +- 0.056 against 0.971 +- 0.007 without it) the
 search over-trusted it on the very split it had been trained on, so it is a third
