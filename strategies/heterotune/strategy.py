@@ -31,6 +31,14 @@ width needs their coordinates aligned, so every DeMA tensor is seeded by its pla
 prefix models with the same pretrained layer, where relative depth paired layer 1 of a
 2-layer model with layer 3 of a 6-layer one.
 
+#19's target (per-family FedAvg + 0.02 on the family mean, + 0.05 on the smallest family,
+AG News, MiniLM-L2/L4/L6) is missed (docs/benchmarks.md section 8): with the mean-pooling
+head per-family FedAvg of LoRA is a strong baseline, and sharing every DeMA tensor of the
+common layers made the smallest family neither better nor steadier over 3 seeds. Tried:
+absolute alignment with shared D/U, alpha/r scaling with near-identity experts, CMGA per
+tensor (its logged cosines: minilm-l2 | minilm-l4 positive, 0.2-0.4; the full model's
+pairs near 0).
+
 Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
 
