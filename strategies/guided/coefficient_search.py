@@ -196,11 +196,9 @@ class CoefficientSearch:
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """FedAvg's coefficients c0 and the trust region's bounds around them."""
         start = weights.reshape((-1,) + (1,) * (norms.ndim - 1)) * norms
-        rho = self.trust_region if self.trust_region > 0 else np.inf
-        with np.errstate(invalid="ignore"):  # inf * 0 for a client whose tensor is all zero
-            lower = np.nan_to_num(start - rho * start, nan=0.0, neginf=-np.inf)
-            upper = np.nan_to_num(start + rho * start, nan=0.0, posinf=np.inf)
-        return start, lower, upper
+        if self.trust_region == 0:  # off: the paper's free search
+            return start, np.full_like(start, -np.inf), np.full_like(start, np.inf)
+        return start, (1 - self.trust_region) * start, (1 + self.trust_region) * start
 
     def _batches(self, seed: int):
         """``steps`` mini-batches of the search part, reshuffled (seeded) at each pass."""
