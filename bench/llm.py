@@ -1,6 +1,7 @@
 """Instruction tuning of SmolLM2-135M-Instruct (#17).
 
     python -m bench.llm federated [--quick] [--seeds 0,1,2] [--rounds 5] [--steps 10]
+                                  [--runs fedavg,guided]
     python -m bench.llm memory [--quick]
     python -m bench.llm gguf-cache
 
@@ -239,17 +240,19 @@ def _cell(run: str, seed: int, quick: bool, rounds: int, steps: int) -> dict:
 RUN_ORDER = ("zero-shot", "local", *FEDERATED, *FAMILY_RUNS)
 
 
-def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path) -> Path:
+def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path,
+              runs: tuple[str, ...] = RUN_ORDER) -> Path:
     """Each (seed, run) cell is kept in ``pollen-runs/bench/llm-cells*.json`` as it ends, so
     an interrupted bench resumes where it stopped (same rounds and steps); the report
-    covers the cells done so far and names the missing ones."""
+    covers the cells done so far and names the missing ones. ``runs`` limits which cells
+    are run now (two processes with their own cells files can then share the rows)."""
     model = "tiny-llama" if quick else "smollm2"
     num_clients = 4 if quick else 10
     if quick:
         seeds, rounds, steps = seeds[:1], 2, 2
     cells = Cells(RUNS / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json")
     for seed in seeds:
-        for run in RUN_ORDER:
+        for run in runs:
             cells.get(seed, run, lambda run=run, seed=seed: _cell(run, seed, quick, rounds,
                                                                   steps))
     final = {run: [c["final"] for c in cells.of(run, seeds)] for run in RUN_ORDER}
@@ -329,15 +332,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--runs", default=",".join(RUN_ORDER),
+                        help="the rows to run now (the report covers every row's cells)")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
+    unknown = set(args.runs.split(",")) - set(RUN_ORDER)
+    if unknown:
+        parser.error(f"unknown --runs {sorted(unknown)}: choose from {', '.join(RUN_ORDER)}")
     if args.suite == "memory":
         memory(args.quick, args.out)
     elif args.suite == "gguf-cache":
         print(gguf_cache(args.out).read_text())
     else:
         federated(args.quick, [int(s) for s in args.seeds.split(",")], args.rounds,
-                  args.steps, args.out)
+                  args.steps, args.out, tuple(args.runs.split(",")))
 
 
 if __name__ == "__main__":
