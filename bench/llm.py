@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import AG_NEWS, DOCS, RUNS, Cells, run_in_process, write_report
+from bench.common import AG_NEWS, DOCS, Cells, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
 from pollen.catalog import DECODER_TARGETS
 
@@ -242,15 +242,18 @@ RUN_ORDER = ("zero-shot", "local", *FEDERATED, *FAMILY_RUNS)
 
 def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path,
               runs: tuple[str, ...] = RUN_ORDER) -> Path:
-    """Each (seed, run) cell is kept in ``pollen-runs/bench/llm-cells*.json`` as it ends, so
+    """Each (seed, run) cell is kept in ``llm-cells*.json`` beside the report as it ends, so
     an interrupted bench resumes where it stopped (same rounds and steps); the report
-    covers the cells done so far and names the missing ones. ``runs`` limits which cells
-    are run now (two processes with their own cells files can then share the rows)."""
+    covers the cells done so far and names the missing ones. The cells file lives in
+    ``out_dir`` (docs/benchmarks by default), not in the ignored pollen-runs/, because the
+    bench outlasts a session and a checkout: committed, the measured cells are the
+    report's source. ``runs`` limits which cells are run now (two checkouts, each with its
+    own cells file, can then share the rows; their files merge by key)."""
     model = "tiny-llama" if quick else "smollm2"
     num_clients = 4 if quick else 10
     if quick:
         seeds, rounds, steps = seeds[:1], 2, 2
-    cells = Cells(RUNS / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json")
+    cells = Cells(out_dir / f"llm-cells{'-quick' if quick else ''}-r{rounds}-s{steps}.json")
     for seed in seeds:
         for run in runs:
             cells.get(seed, run, lambda run=run, seed=seed: _cell(run, seed, quick, rounds,
