@@ -146,6 +146,12 @@ class ServerTraining:
     batch_size: int
     optimizer: LocalOptimizer
 
+    @property
+    def per_round(self) -> str:
+        """How much one ``run`` trains, as ``train`` reads epochs and max-steps."""
+        return (f"{self.max_steps} step(s)" if self.max_steps
+                else f"{self.epochs} epoch(s)")
+
     def run(self, start: Mapping[str, np.ndarray], server_round: int, seed: int
             ) -> tuple[dict[str, np.ndarray], float]:
         load_travelling_state(self.model, start, what="global model")

@@ -373,6 +373,24 @@ def test_state_round_trip_gives_the_same_next_round(grid):
         restored.round_metrics()["guided_coefficients"]
 
 
+@pytest.mark.parametrize("overrides, per_round", [({"local-epochs": 2}, "2 epoch(s) a round"),
+                                                  ({"max-steps": 7}, "7 step(s) a round")])
+def test_central_summary_says_how_much_the_server_trains_a_round(grid, overrides, per_round):
+    """Flower's logger does not propagate to the root logger, so the test listens on it."""
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+    try:
+        guided(grid, strategy="central", **overrides).summary()
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    central = [line for line in lines if "Central (server-only)" in line]
+    assert len(central) == 1 and per_round in central[0], lines
+
+
 # --- whole runs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("strategy", ["guided", "central"])

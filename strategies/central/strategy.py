@@ -33,9 +33,9 @@ class Central(PollenStrategy):
 
     def summary(self) -> None:
         t = self.training
-        log(INFO, "\t├──> Central (server-only): %d labeled server examples, %d epoch(s) a "
-            "round, %s lr %g in round 1, batch %d; no client trains", len(t.dataset),
-            t.epochs, t.optimizer.name, t.round_lr(1), t.batch_size)
+        log(INFO, "\t├──> Central (server-only): %d labeled server examples, %s a round, "
+            "%s lr %g in round 1, batch %d; no client trains", len(t.dataset), t.per_round,
+            t.optimizer.name, t.round_lr(1), t.batch_size)
         super().summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
