@@ -19,10 +19,11 @@ issue asked for the server's model as one more atlas member inside the search; m
 that way (digits, in domain, 3 seeds: 0.931 +- 0.056 against 0.971 +- 0.007 without it) the
 search over-trusted it on the very split it had been trained on, so it is a third
 candidate of the held-out decision instead, judged on data neither it nor the search saw.
-It is still off by default: on digits, where FedAvg (0.957) beats ``central`` (0.894), a
+It is still off by default: on digits, where FedAvg (0.953) beats ``central`` (0.893), a
 held-out part of ~18 examples picked it in rounds where it was worse for the clients
-(0.944 +- 0.027 with it, 0.966 +- 0.015 without, at rho = 0.25). Turn it on where the
-server's labelled data is known to be the better teacher.
+(0.962 +- 0.019 with it, 0.969 +- 0.018 without, at rho = 0.25; docs/benchmarks.md
+section 8). Turn it on where the server's labelled data is known to be the better
+teacher.
 
 Message contract: the shared one (``strategies/base.py``), and the train config's
 ``global-round`` (int), which the reply's metrics must echo as ``global-round``.
