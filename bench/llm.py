@@ -30,8 +30,12 @@ client per round and in the whole run, seconds per round, and training tokens pe
 (steps x 8 prompts x the pool's mean real tokens, over the clients' training seconds;
 the MiB up are a training client's reply, the whole run's MiB every message's tensors).
 Clients do not evaluate (fraction-evaluate 0): the rows are scored by the server, and
-the clients' evaluation would add some 70 s a round. --quick: the tiny random Llama
-(families tiny-llama-l1 and tiny-llama), 4 clients, 2 rounds of 2 steps, one seed.
+the clients' evaluation would add some 70 s a round. FedMerge's claim is personalised,
+so after the fedavg and fedmerge runs the bench scores their saved final adapters on
+every client's local test split (``on_clients``: FedAvg's global model, each client's
+own FedMerge merge): some 360 prompts, the work of about 2.4 server evaluations. --quick:
+the tiny random Llama (families tiny-llama-l1 and tiny-llama), 4 clients, 2 rounds of 2
+steps, one seed.
 
 Duration on 2 CPU cores: one fedavg round of SmolLM2 took 322 s with client evaluation
 (training 161 s, the clients' evaluation 73 s, the server's 88 s); so some 4 minutes a
@@ -60,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import AG_NEWS, DOCS, Cells, run_in_process, write_report
+from bench.common import AG_NEWS, DOCS, Cells, mean_std, run_in_process, write_report
 from bench.memory import StepMemory, step_memory
 from pollen.catalog import DECODER_TARGETS
 
@@ -161,6 +165,9 @@ FEDERATION = {"task": "instruct", "dataset": str(AG_NEWS), "class-names": CLASS_
               "server-data-fraction": 0.02, "max-new-tokens": 4, "checkpoint-every": 1000}
 FEDERATED = ("fedavg", "fedprox", "fedmerge", "guided", "central")
 FAMILY_RUNS = ("heterotune", "fedavg-per-family")
+# FedMerge's claim is personalised: each client's own merge on its local test split,
+# against FedAvg's global model on the same splits
+ON_CLIENTS = ("fedavg", "fedmerge")
 LOCAL_CLIENTS = 3
 
 
@@ -198,6 +205,40 @@ def _local(config, num_clients: int) -> tuple[float, float]:
     return float(np.mean([s[0] for s in scores])), float(np.mean([s[1] for s in scores]))
 
 
+def on_clients(config, run_dir: Path, num_clients: int, personal: bool
+               ) -> tuple[float, float]:
+    """(exact match, response loss) on the clients' local test splits: the exact match
+    each client scores on its own split, then the mean over the clients (FedMerge's
+    evaluation in methods.md), and the response loss averaged over the clients weighted by
+    their examples (the run's ``client_loss``); of the run's final model, or with ``personal`` of each client's own saved merge
+    (``adapters/clients/<id>``; a client never sampled has W's zero row, so its merge is
+    the uniform one, the run's final model). The adapters go in through peft's
+    ``set_peft_model_state_dict``, as at FlowerTune's message boundary."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from pollen.data import client_split, load_task
+    from pollen.models import build_model
+    from pollen.training import evaluator_for, make_loader, torch_dataset
+
+    task = load_task(config)
+    model = build_model(config, 0)
+    score = evaluator_for(task.modality, config.model, task.response_labels,
+                          config.max_new_tokens)
+    results = []
+    for client in range(num_clients):
+        own = run_dir / "adapters" / "clients" / str(client)
+        folder = own if personal and own.is_dir() else run_dir / "model"
+        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        _, test = client_split(task, config, client, num_clients)
+        loader = make_loader(torch_dataset(test, "instruct", config.model, config.max_seq_len),
+                             config.batch_size, shuffle=False, seed=0)
+        results.append(score(model, loader, torch.device("cpu")))
+    examples = [r.num_examples for r in results]
+    return (float(np.mean([r.accuracy for r in results])),
+            float(np.average([r.loss for r in results], weights=examples)))
+
+
 def _mean_real_tokens(config) -> float:
     from pollen.data import load_task
     from pollen.training import torch_dataset
@@ -225,16 +266,19 @@ def _cell(run: str, seed: int, quick: bool, rounds: int, steps: int) -> dict:
     if run in FAMILY_RUNS:
         keys["model-families"] = ("tiny-llama-l1,tiny-llama" if quick
                                   else "smollm2-l10,smollm2-l20,smollm2")
-    _, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys), num_clients,
-                                      f"llm-{run}-seed{seed}")
+    run_dir, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys),
+                                            num_clients, f"llm-{run}-seed{seed}")
     replies = sum(r["num_replies"] for r in rows)
     train_seconds = sum(r.get("client_train_seconds_sum") or 0.0 for r in rows)
     tokens = replies * steps * config.batch_size * _mean_real_tokens(config)
-    return {"final": (rows[-1]["eval_accuracy"], rows[-1]["eval_loss"]),
+    cell = {"final": (rows[-1]["eval_accuracy"], rows[-1]["eval_loss"]),
             "curve": [r["eval_accuracy"] for r in rows],
             "cost": (sum(r["bytes_up"] for r in rows) / max(replies, 1) / 2**20,
                      sum(r["bytes_up"] + r["bytes_down"] for r in rows) / 2**20,
                      seconds / len(rows), tokens / train_seconds if train_seconds else 0.0)}
+    if run in ON_CLIENTS:
+        cell["on_clients"] = on_clients(config, run_dir, num_clients, run == "fedmerge")
+    return cell
 
 
 RUN_ORDER = ("zero-shot", "local", *FEDERATED, *FAMILY_RUNS)
@@ -286,6 +330,16 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
                          f"{cost[0]:.2f} | {cost[1]:.1f} | {cost[2]:.0f} | "
                          f"{f'{cost[3]:.0f}' if cost[3] else '-'} |"
                          if cost is not None else "- | - | - | - |"))
+    lines += ["", "On the clients' own test splits (each client's exact match on its local "
+              "split, then the mean over the clients; FedAvg: its global model; FedMerge: "
+              "each client's own merge, the uniform one for a client never sampled):", "",
+              "| run | exact match on the clients' splits | response loss there |",
+              "|---|---|---|"]
+    for run in ON_CLIENTS:
+        values = [c["on_clients"] for c in cells.of(run, seeds) if "on_clients" in c]
+        lines.append(f"| {run} | " + (
+            f"{mean_std([v[0] for v in values])} | {mean_std([v[1] for v in values])} |"
+            if len(values) == len(seeds) else f"{len(values)} of {len(seeds)} seeds so far | |"))
     lines += ["", "Exact match per round (mean over the seeds):", "",
               "| run | " + " | ".join(str(r) for r in range(1, rounds + 1)) + " |",
               "|---|" + "---|" * rounds]

@@ -51,3 +51,31 @@ def test_cells_are_computed_once_and_resumed_from_their_file(tmp_path):
     assert calls == [1]
     assert resumed.of("fedavg", [0, 1]) == [{"final": 0.5}]  # seed 1 not run yet
     assert mean_std([0.7, 0.9]) == "0.800 +- 0.141"
+
+
+def test_llm_bench_scores_each_clients_own_fedmerge_merge_as_the_clients_do(topics_csv,
+                                                                           tmp_path):
+    """``bench.llm.on_clients`` re-scores a finished run from its saved adapters; on a
+    FedMerge run whose clients evaluated their own merges in the last round it must give
+    their per-client mean exactly (and their examples-weighted loss); the uniform merge
+    (the final model) scores otherwise."""
+    from bench.llm import on_clients
+    from client_app.app import app as client_app
+    from server_app.app import run
+    from strategies import run_config
+    from tests.localgrid import LocalGrid
+    from tests.test_instruct import TINY_LLM
+
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "fedmerge",
+                         "num-server-rounds": 2, "max-steps": 4, "lr": 0.05,
+                         "local-test-fraction": 0.3, "output-dir": str(tmp_path),
+                         "run-name": "fedmerge"})
+    outputs = run(LocalGrid.simulation(client_app, 3), config)
+    last = outputs.read_metrics()[-1]
+    match, loss = on_clients(config, outputs.run_dir, 3, personal=True)
+    assert match == pytest.approx(last["client_accuracy_per_client_mean"])
+    assert loss == pytest.approx(last["client_loss"], rel=1e-5)
+    assert sorted(p.name for p in (outputs.run_dir / "adapters" / "clients").iterdir()) == \
+        ["0", "1", "2"]
+    uniform_loss = on_clients(config, outputs.run_dir, 3, personal=False)[1]
+    assert abs(uniform_loss - loss) > 1e-4  # the clients' merges are not the uniform one
