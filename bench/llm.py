@@ -40,9 +40,11 @@ steps, one seed.
 Duration on 2 CPU cores: one fedavg round of SmolLM2 took 322 s with client evaluation
 (training 161 s, the clients' evaluation 73 s, the server's 88 s); so some 4 minutes a
 round without, about 2.7 hours a seed at the defaults (5 rounds: the issue's "about 10"
-would be 5 hours a seed). Each (seed, row) cell is kept as it ends and a rerun resumes,
-so the bench can run in parts. --quick: 11 minutes (measured while another benchmark
-ran).
+would be 5 hours a seed). Guided's rounds are three times longer: its coefficient search
+(20 Adam steps of 32 server prompts through SmolLM2, guided's defaults) took 870-905 s a
+round on one shared thread, against 220-350 s for the three clients' training. Each
+(seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts.
+--quick: 11 minutes (measured while another benchmark ran).
 
 memory: one training step (forward, backward, AdamW) of SmolLM2 on 8 AG News prompts of
 128 tokens (classification as generation), counted by what each byte holds

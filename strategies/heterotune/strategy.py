@@ -39,6 +39,14 @@ absolute alignment with shared D/U, alpha/r scaling with near-identity experts, 
 tensor (its logged cosines: minilm-l2 | minilm-l4 positive, 0.2-0.4; the full model's
 pairs near 0).
 
+On SmolLM2's depth families (``smollm2-l10``/``-l20``: the first 10/20 of 30 decoder
+layers under the model's own norm and head, the issue's example) it fails (section 9 of
+docs/benchmarks.md, one seed): a prefix is not a working language model, and the shared
+DeMA tensors of the common layers carry its clients' updates into the full model, whose
+exact match fell from the base's 0.345 to 0.12 after a round in which only smollm2-l10
+clients trained. Families that are working models (middle layers dropped, top kept, as
+offsite-tuning's emulators) are not built yet.
+
 Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
 
