@@ -212,18 +212,21 @@ def on_clients(config, run_dir: Path, num_clients: int, personal: bool
     """(exact match, response loss) on the clients' local test splits: the exact match
     each client scores on its own split, then the mean over the clients (FedMerge's
     evaluation in methods.md), and the response loss averaged over the clients weighted by
-    their examples (the run's ``client_loss``); of the run's final model, or with ``personal`` of each client's own saved merge
-    (``adapters/clients/<id>``; a client never sampled has W's zero row, so its merge is
-    the uniform one, the run's final model). The adapters go in through peft's
+    their examples (the run's ``client_loss``); of the run's final model, or with
+    ``personal`` of each client's own saved merge (``adapters/clients/<id>``; a client
+    never sampled has W's zero row, so its merge is the uniform one, the run's final
+    model). The adapters go in through peft's
     ``set_peft_model_state_dict``, as at FlowerTune's message boundary."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from pollen.data import client_split, load_task
+    from pollen.device import node_device
     from pollen.models import build_model
     from pollen.training import evaluator_for, make_loader, torch_dataset
 
     task = load_task(config)
+    device = node_device(config)
     model = build_model(config, 0)
     score = evaluator_for(task.modality, config.model, task.response_labels,
                           config.max_new_tokens)
@@ -235,7 +238,7 @@ def on_clients(config, run_dir: Path, num_clients: int, personal: bool
         _, test = client_split(task, config, client, num_clients)
         loader = make_loader(torch_dataset(test, "instruct", config.model, config.max_seq_len),
                              config.batch_size, shuffle=False, seed=0)
-        results.append(score(model, loader, torch.device("cpu")))
+        results.append(score(model, loader, device))
     examples = [r.num_examples for r in results]
     return (float(np.mean([r.accuracy for r in results])),
             float(np.average([r.loss for r in results], weights=examples)))
