@@ -41,9 +41,8 @@ Without labels (``guided.unlabeled-loss``):
   rotated 30 degrees, 0.945 +- 0.042 against the target FedAvg - 0.01 = 0.943; an
   earlier measurement at commit 1648fc1, whose runs differ from these in float rounding
   only (FedAvg, whose code did not change, moved too), missed it at 0.913 +- 0.110, one
-  seed in three at 0.786). Tried: the
-  paper's free search (0.244 +- 0.065 there) and the trust region (rho = 0.25 above). An
-  unlabelled held-out check judged by the search's own loss cannot see the harm (the
+  seed in three at 0.786). Tried: the paper's free search (0.244 +- 0.065 there) and the
+  trust region (rho = 0.25 above). An unlabelled held-out check judged by the search's own loss cannot see the harm (the
   searched merge won all 60 rounds at 30 degrees); a check on the clients' data would
   need an extra message round and is not built.
 
