@@ -42,9 +42,9 @@ Without labels (``guided.unlabeled-loss``):
   earlier measurement at commit 1648fc1, whose runs differ from these in float rounding
   only (FedAvg, whose code did not change, moved too), missed it at 0.913 +- 0.110, one
   seed in three at 0.786). Tried: the paper's free search (0.244 +- 0.065 there) and the
-  trust region (rho = 0.25 above). An unlabelled held-out check judged by the search's own loss cannot see the harm (the
-  searched merge won all 60 rounds at 30 degrees); a check on the clients' data would
-  need an extra message round and is not built.
+  trust region (rho = 0.25 above). An unlabelled held-out check judged by the search's
+  own loss cannot see the harm (the searched merge won all 60 rounds at 30 degrees); a
+  check on the clients' data would need an extra message round and is not built.
 
 The paper's start is c_m = ||a_m|| / M; we weight by p_m so that the start is exactly
 Flower's sample-weighted FedAvg (the two agree when clients hold equal amounts of data).
