@@ -188,19 +188,26 @@ def _scores(config, model) -> tuple[float, float]:
     return result.accuracy, result.loss
 
 
+def _client_data(config, client: int, num_clients: int):
+    """Client ``client``'s train and test tensors, by the client app's own path (its
+    partition, tokenisation and node cache), so the bench scores what the clients hold."""
+    from client_app.job import client_data
+
+    return client_data(config, (client, num_clients), None, (), config.model)
+
+
 def _local(config, num_clients: int) -> tuple[float, float]:
     """Clients 0..LOCAL_CLIENTS-1 alone, each for rounds x steps steps from the base."""
-    from pollen.data import client_split, load_task
+    from pollen.device import node_device
     from pollen.models import build_model
-    from pollen.training import make_loader, torch_dataset, train
+    from pollen.training import make_loader, train
 
     scores = []
     for client in range(min(LOCAL_CLIENTS, num_clients)):
-        local_train, _ = client_split(load_task(config), config, client, num_clients)
         model = build_model(config, 0)
-        tokens = torch_dataset(local_train, "instruct", config.model, config.max_seq_len)
-        train(model, make_loader(tokens, config.batch_size, True, config.seed + client),
-              epochs=1, lr=config.lr, device=torch.device("cpu"), seed=config.seed + client,
+        train(model, make_loader(_client_data(config, client, num_clients).train,
+                                 config.batch_size, True, config.seed + client),
+              epochs=1, lr=config.lr, device=node_device(config), seed=config.seed + client,
               max_steps=config.num_server_rounds * config.max_steps,
               optimizer=config.local_optimizer)
         scores.append(_scores(config, model))
@@ -220,10 +227,10 @@ def on_clients(config, run_dir: Path, num_clients: int, personal: bool
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from pollen.data import client_split, load_task
+    from pollen.data import load_task
     from pollen.device import node_device
     from pollen.models import build_model
-    from pollen.training import evaluator_for, make_loader, torch_dataset
+    from pollen.training import evaluator_for, make_loader
 
     task = load_task(config)
     device = node_device(config)
@@ -235,8 +242,7 @@ def on_clients(config, run_dir: Path, num_clients: int, personal: bool
         own = run_dir / "adapters" / "clients" / str(client)
         folder = own if personal and own.is_dir() else run_dir / "model"
         set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
-        _, test = client_split(task, config, client, num_clients)
-        loader = make_loader(torch_dataset(test, "instruct", config.model, config.max_seq_len),
+        loader = make_loader(_client_data(config, client, num_clients).test,
                              config.batch_size, shuffle=False, seed=0)
         results.append(score(model, loader, device))
     examples = [r.num_examples for r in results]

@@ -76,7 +76,7 @@ class ClientJob:
 
     @property
     def data(self) -> ClientData:
-        return _client_data(self.config, self.partition, self.data_path, self.label_names,
+        return client_data(self.config, self.partition, self.data_path, self.label_names,
                             self.family)
 
     def model_from(self, message: Message, key: str = ARRAYS_KEY) -> nn.Module:
@@ -88,7 +88,7 @@ class ClientJob:
 
 
 @functools.lru_cache(maxsize=32)  # a simulation worker serves many clients in turn
-def _client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
+def client_data(config: RunConfig, partition: tuple[int, int] | None, data_path: str | None,
                  label_names: tuple[str, ...], family: str) -> ClientData:
     """From this machine's disk cache after the first message (``pollen.nodecache``): a
     deployed client runs each message in a fresh process."""

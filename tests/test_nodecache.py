@@ -50,10 +50,10 @@ def test_a_changed_data_file_is_a_new_key(tmp_path, cache):
 
 def test_a_fresh_process_reads_the_clients_splits_from_disk(topics_csv, cache):
     config = RunConfig(model="tiny-bert", dataset=str(topics_csv), max_seq_len=16)
-    built = job._client_data(config, (0, 2), None, (), "tiny-bert")
-    job._client_data.cache_clear()  # as in a new process
+    built = job.client_data(config, (0, 2), None, (), "tiny-bert")
+    job.client_data.cache_clear()  # as in a new process
     assert list(cache.glob("splits/*/facts.json"))
-    read = job._client_data(config, (0, 2), None, (), "tiny-bert")
+    read = job.client_data(config, (0, 2), None, (), "tiny-bert")
     assert (read.num_classes, read.modality) == (built.num_classes, built.modality)
     for name in ("train", "test"):
         a, b = getattr(built, name)[:], getattr(read, name)[:]
