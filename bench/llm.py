@@ -4,6 +4,7 @@
                                   [--runs fedavg,guided]
     python -m bench.llm memory [--quick]
     python -m bench.llm gguf-cache
+    python -m bench.llm depth-layouts
 
 gguf-cache: seconds to load SmolLM2's model and tokenizer from its GGUF file and from the
 node cache's transformers copy (pollen.nodecache), the first use's conversion, and the
@@ -45,6 +46,13 @@ would be 5 hours a seed). Guided's rounds are three times longer: its coefficien
 round on one shared thread, against 220-350 s for the three clients' training. Each
 (seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts.
 --quick: 11 minutes (measured while another benchmark ran).
+
+depth-layouts: is a layer-dropped SmolLM2 a working model before training? Zero-shot
+exact match and response loss on the federated suite's server test split (seed 0) of
+SmolLM2 keeping 10 or 20 of its 30 decoder layers (embeddings, final norm and head kept):
+the first N (Pollen's smollm2-lN families), the first and last N/2, and the first 2 and
+last 2 with the middle ones evenly spaced (offsite-tuning's uniform layer drop), beside
+all 30. 17 minutes on one thread beside two other benchmarks.
 
 memory: one training step (forward, backward, AdamW) of SmolLM2 on 8 AG News prompts of
 128 tokens (classification as generation), counted by what each byte holds
@@ -393,9 +401,50 @@ def gguf_cache(out_dir: Path) -> Path:
                         "python -m bench.llm gguf-cache", "\n".join(lines), out_dir)
 
 
+def _layouts(depth: int, num_layers: int) -> dict[str, list[int]]:
+    middle = np.linspace(2, num_layers - 3, depth - 4).round().astype(int).tolist()
+    return {f"first {depth}": list(range(depth)),
+            f"first and last {depth // 2}": [*range(depth // 2),
+                                             *range(num_layers - depth // 2, num_layers)],
+            f"first 2, last 2, {depth - 4} evenly between": [0, 1, *middle,
+                                                             num_layers - 2, num_layers - 1]}
+
+
+def depth_layouts(out_dir: Path) -> Path:
+    """Layers are dropped from the evaluator's own model in place (each layer's
+    ``layer_idx``, its KV-cache slot in generation, renumbered): the product builds only
+    the prefixes (``pollen.models.build_causal_lm``)."""
+    from server_app.app import ServerEvaluator
+    from strategies import run_config
+
+    config = run_config(_keys("smollm2", 0, 5, 10))
+    evaluator = ServerEvaluator(config)
+    model = evaluator.models[config.model]
+    decoder = model.get_base_model().model
+    layers = list(decoder.layers)
+    layouts = {f"all {len(layers)}": list(range(len(layers)))}
+    for depth in (20, 10):
+        layouts.update(_layouts(depth, len(layers)))
+    lines = ["| decoder layers kept | indices | exact match | response loss |",
+             "|---|---|---|---|"]
+    for name, kept in layouts.items():
+        decoder.layers = torch.nn.ModuleList(layers[i] for i in kept)
+        for index, layer in enumerate(decoder.layers):
+            layer.self_attn.layer_idx = index
+        decoder.config.num_hidden_layers = len(kept)
+        result = evaluator.evaluators[config.model](model, evaluator.loaders[config.model],
+                                                    evaluator.device)
+        lines.append(f"| {name} | {','.join(map(str, kept))} | {result.accuracy:.3f} | "
+                     f"{result.loss:.3f} |")
+        print(lines[-1], flush=True)
+    return write_report("llm-depth-layouts", "Layer-dropped SmolLM2 before training",
+                        "python -m bench.llm depth-layouts", "\n".join(lines), out_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("federated", "memory", "gguf-cache"))
+    parser.add_argument("suite", choices=("federated", "memory", "gguf-cache",
+                                            "depth-layouts"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=5)
@@ -411,6 +460,10 @@ def main() -> None:
         memory(args.quick, args.out)
     elif args.suite == "gguf-cache":
         print(gguf_cache(args.out).read_text())
+    elif args.suite == "depth-layouts":
+        if args.quick:
+            parser.error("depth-layouts has no --quick: it is about SmolLM2's layers")
+        depth_layouts(args.out)
     else:
         federated(args.quick, [int(s) for s in args.seeds.split(",")], args.rounds,
                   args.steps, args.out, tuple(args.runs.split(",")))

@@ -44,8 +44,12 @@ layers under the model's own norm and head, the issue's example) it fails (secti
 docs/benchmarks.md, one seed): a prefix is not a working language model, and the shared
 DeMA tensors of the common layers carry its clients' updates into the full model, whose
 exact match fell from the base's 0.345 to 0.12 after a round in which only smollm2-l10
-clients trained. Families that are working models (middle layers dropped, top kept, as
-offsite-tuning's emulators) are not built yet.
+clients trained. Dropping middle layers instead (the first and last N/2 kept, or
+offsite-tuning's uniform drop between the first and last 2) gives no working model either:
+all score 0 before training, with response losses of 8-10 nats at 20 layers and 15-16 at
+10 against the full model's 1.2, the prefixes' 25 and 34 (``python -m bench.llm
+depth-layouts``). They start closer, but whether they train better is not measured; Pollen
+builds only the prefixes.
 
 Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
