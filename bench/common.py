@@ -80,6 +80,17 @@ def mean_std(values) -> str:
     return f"{values.mean():.3f} +- {values.std(ddof=1 if len(values) > 1 else 0):.3f}"
 
 
+def gap_and_larger_std(method, baseline) -> tuple[float, float]:
+    """The method's mean minus the baseline's, and the larger of their sample stds over
+    seeds: a method "wins" only when the gap exceeds that std (the project's rule)."""
+    import numpy as np
+
+    method, baseline = np.asarray(method, dtype=float), np.asarray(baseline, dtype=float)
+    ddof = 1 if min(len(method), len(baseline)) > 1 else 0
+    return (float(method.mean() - baseline.mean()),
+            float(max(method.std(ddof=ddof), baseline.std(ddof=ddof))))
+
+
 def rounds_to_reach(rows: list[dict], target: float) -> int | None:
     """First round whose global accuracy is at least ``target``; None if never."""
     return next((r["round"] for r in rows if r["eval_accuracy"] >= target), None)

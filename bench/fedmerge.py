@@ -24,7 +24,8 @@ import argparse
 
 import numpy as np
 
-from bench.common import AG_NEWS, RUNS, Cells, mean_std, run_in_process, write_report
+from bench.common import (AG_NEWS, RUNS, Cells, gap_and_larger_std, mean_std,
+                          run_in_process, write_report)
 
 ROWS = {"fedavg": {"strategy": "fedavg"},
         "fedmerge d=1": {"strategy": "fedmerge", "fedmerge.num-global-models": 1},
@@ -79,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {row} | {mean_std(finals[row])} | "
                          f"{mean_std([min(c['personalised'][-5:]) for c in done])} | "
                          f"{mean_std([c['global'][-1] for c in done])} |")
-        ddof = 1 if len(seeds) > 1 else 0
-        gap = finals["fedmerge d=3"].mean() - finals["fedavg"].mean()
-        larger_std = max(finals["fedmerge d=3"].std(ddof=ddof), finals["fedavg"].std(ddof=ddof))
+        gap, larger_std = gap_and_larger_std(finals["fedmerge d=3"], finals["fedavg"])
         lines += ["", f"FedMerge d = 3 - FedAvg, final personalised: {gap:+.3f} "
                   f"({'a win' if gap > larger_std else 'not a win'}: the larger std is "
                   f"{larger_std:.3f}).", ""]

@@ -29,7 +29,9 @@ model load instead of one per Ray worker. Reports the mean +- std over the seeds
 final exact match and response loss, per-round exact match (seed mean), MiB sent per
 client per round and in the whole run, seconds per round, and training tokens per second
 (steps x 8 prompts x the pool's mean real tokens, over the clients' training seconds;
-the MiB up are a training client's reply, the whole run's MiB every message's tensors).
+the MiB up are a training client's reply, the whole run's MiB every message's tensors),
+and each row's place against FedAvg (HeteroTune's against per-family FedAvg): a win or a
+loss only when the gap of the mean exact matches exceeds the larger std.
 Clients do not evaluate (fraction-evaluate 0): the rows are scored by the server, and
 the clients' evaluation would add some 70 s a round. FedMerge's claim is personalised,
 so after the fedavg and fedmerge runs the bench scores their saved final adapters on
@@ -74,7 +76,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import AG_NEWS, DOCS, Cells, mean_std, run_in_process, write_report
+from bench.common import (AG_NEWS, DOCS, Cells, gap_and_larger_std, mean_std, run_in_process,
+                          write_report)
 from bench.memory import StepMemory, step_memory
 from pollen.catalog import DECODER_TARGETS
 
@@ -301,6 +304,9 @@ def _cell(run: str, seed: int, quick: bool, rounds: int, steps: int) -> dict:
 
 
 RUN_ORDER = ("zero-shot", "local", *FEDERATED, *FAMILY_RUNS)
+# Each row's baseline in the report's place table.
+PLACES = {**{run: "fedavg" for run in ("zero-shot", "local", *FEDERATED) if run != "fedavg"},
+          "heterotune": "fedavg-per-family"}
 
 
 def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: Path,
@@ -332,33 +338,58 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
              "figures of cells that may have shared the 2 cores with other jobs; one "
              "fedavg round run alone took 322 s with the clients' evaluation (training "
              "161 s at 177 tokens/s, the server's evaluation 88 s).", "",
-             "| run | final exact match | final response loss | MiB up per training client "
-             "per round | MiB whole run (down and up, evaluation included) | s per round | "
-             "training tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | final exact match | per seed | final response loss | MiB up per "
+             "training client per round | MiB whole run (down and up, evaluation included) "
+             "| s per round | training tokens/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for run, scores in final.items():
+        done = [seed for seed in seeds if f"{seed}/{run}" in cells.done]
+        per_seed = ", ".join(f"{seed}: {score[0]:.3f}" for seed, score in zip(done, scores))
         if len(scores) < len(seeds):
-            lines.append(f"| {run} | {len(scores)} of {len(seeds)} seeds run so far | | | | "
-                         "| |")
+            lines.append(f"| {run} | {len(scores)} of {len(seeds)} seeds run so far | "
+                         f"{per_seed} | | | | | |")
             continue
         matches, losses = np.array([s[0] for s in scores]), np.array([s[1] for s in scores])
         cost = np.mean(traffic[run], axis=0) if traffic.get(run) else None
         ddof = 1 if len(scores) > 1 else 0  # the sample std over seeds
         lines.append(f"| {run} | {matches.mean():.4f} +- {matches.std(ddof=ddof):.4f} | "
-                     f"{losses.mean():.4f} +- {losses.std(ddof=ddof):.4f} | " + (
+                     f"{per_seed} | {losses.mean():.4f} +- {losses.std(ddof=ddof):.4f} | " + (
                          f"{cost[0]:.2f} | {cost[1]:.1f} | {cost[2]:.0f} | "
                          f"{f'{cost[3]:.0f}' if cost[3] else '-'} |"
                          if cost is not None else "- | - | - | - |"))
+    lines += ["", "Each row's place against its baseline (FedAvg; HeteroTune against "
+              "per-family FedAvg), final exact match over the same seeds: a win or a loss "
+              "only when the gap of the means exceeds the larger std.", "",
+              "| run | baseline | gap of the means | larger std | place | gap per seed |",
+              "|---|---|---|---|---|---|"]
+    for run, baseline in PLACES.items():
+        if len(final[run]) < len(seeds) or len(final[baseline]) < len(seeds):
+            continue
+        ours = [score[0] for score in final[run]]
+        theirs = [score[0] for score in final[baseline]]
+        gap, larger_std = gap_and_larger_std(ours, theirs)
+        place = ("a win" if gap > larger_std else "a loss" if gap < -larger_std
+                 else "level (within one std)")
+        lines.append(f"| {run} | {baseline} | {gap:+.3f} | {larger_std:.3f} | {place} | "
+                     + ", ".join(f"{a - b:+.3f}" for a, b in zip(ours, theirs)) + " |")
     lines += ["", "On the clients' own test splits (each client's exact match on its local "
               "split, then the mean over the clients; FedAvg: its global model; FedMerge: "
               "each client's own merge, the uniform one for a client never sampled):", "",
               "| run | exact match on the clients' splits | response loss there |",
               "|---|---|---|"]
+    on_client_matches = {}
     for run in ON_CLIENTS:
         values = [c["on_clients"] for c in cells.of(run, seeds) if "on_clients" in c]
+        on_client_matches[run] = [v[0] for v in values]
         lines.append(f"| {run} | " + (
             f"{mean_std([v[0] for v in values])} | {mean_std([v[1] for v in values])} |"
             if len(values) == len(seeds) else f"{len(values)} of {len(seeds)} seeds so far | |"))
+    if all(len(v) == len(seeds) for v in on_client_matches.values()):
+        gap, larger_std = gap_and_larger_std(on_client_matches["fedmerge"],
+                                             on_client_matches["fedavg"])
+        lines += ["", f"FedMerge's merges - FedAvg's global model there: {gap:+.3f} (the "
+                  f"larger std {larger_std:.3f}: "
+                  f"{'a win' if gap > larger_std else 'not a win'})."]
     lines += ["", "Exact match per round (mean over the seeds):", "",
               "| run | " + " | ".join(str(r) for r in range(1, rounds + 1)) + " |",
               "|---|" + "---|" * rounds]

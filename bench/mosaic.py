@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import DOCS, RUNS, Cells, mean_std, run_in_process, write_report
+from bench.common import (DOCS, RUNS, Cells, gap_and_larger_std, mean_std,
+                          run_in_process, write_report)
 
 OFFICIAL_RECIPE = {"dataset": "digits", "model": "cnn", "optimizer": "sgd", "lr": 0.01,
                    "max-steps": 10, "batch-size": 32, "lr-schedule": "step", "lr-min": 1e-4,
@@ -82,10 +83,9 @@ def main(argv: list[str] | None = None) -> Path:
                           lambda row=row, seed=seed: _cell(row, seed, alpha, args.warmup,
                                                            args.after))
             finals[row] = np.array([c["curve"][-1] for c in cells.of(f"{row}-a{alpha}", seeds)])
-        stds = [finals[r].std(ddof=1 if len(seeds) > 1 else 0) for r in finals]
-        gap = finals["mosaic"].mean() - finals["fedavg"].mean()
+        gap, larger_std = gap_and_larger_std(finals["mosaic"], finals["fedavg"])
         lines.append(f"| {alpha} | {mean_std(finals['fedavg'])} | {mean_std(finals['mosaic'])} "
-                     f"| {gap:+.3f} | {'yes' if gap > max(stds) else 'no'} |")
+                     f"| {gap:+.3f} | {'yes' if gap > larger_std else 'no'} |")
         for seed, cell in zip(seeds, cells.of(f"mosaic-a{alpha}", seeds)):
             def number(name: str) -> str:
                 return "-" if cell.get(name) is None else f"{cell[name]:.3f}"

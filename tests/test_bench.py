@@ -79,3 +79,36 @@ def test_llm_bench_scores_each_clients_own_fedmerge_merge_as_the_clients_do(topi
         ["0", "1", "2"]
     uniform_loss = on_clients(config, outputs.run_dir, 3, personal=False)[1]
     assert abs(uniform_loss - loss) > 1e-4  # the clients' merges are not the uniform one
+
+
+def test_llm_report_states_each_rows_place_against_its_baseline_by_the_one_std_rule(tmp_path):
+    import json
+
+    from bench.common import gap_and_larger_std
+    from bench.llm import federated
+
+    gap, larger_std = gap_and_larger_std([0.8, 0.9, 1.0], [0.5, 0.6, 0.4])
+    assert (round(gap, 6), round(larger_std, 6)) == (0.4, 0.1)
+
+    def cell(match: float, own: float | None = None) -> dict:
+        cell = {"final": [match, 1.0 - match], "curve": [match] * 5,
+                "cost": [3.5, 100.0, 400.0, 110.0]}
+        return cell if own is None else {**cell, "on_clients": [own, 0.2]}
+
+    finals = {"fedavg": [0.80, 0.55, 0.80], "fedprox": [0.79, 0.56, 0.80],
+              "central": [0.20, 0.10, 0.15], "guided": [0.99, 0.98, 0.97]}
+    cells = {f"{seed}/{run}": cell(values[seed], 0.7 if run == "fedavg" else None)
+             for run, values in finals.items() for seed in range(3)}
+    cells.update({f"{seed}/fedmerge": cell(0.7, 0.9) for seed in range(3)})
+    cells["0/heterotune"] = cell(0.1)
+    (tmp_path / "llm-cells-r5-s10.json").write_text(json.dumps(cells))
+
+    report = federated(False, [0, 1, 2], 5, 10, tmp_path, runs=()).read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in report.splitlines()
+            if line.startswith("| ") and " | fedavg | " in line}
+    assert rows["fedprox"].endswith("| level (within one std) | -0.010, +0.010, +0.000 |")
+    assert rows["central"].startswith("| central | fedavg | -0.567 | 0.144 | a loss |")
+    assert rows["guided"].startswith("| guided | fedavg | +0.263 | 0.144 | a win |")
+    assert "fedmerge" in rows and "heterotune" not in rows  # one seed of three: no place
+    assert "| heterotune | 1 of 3 seeds run so far | 0: 0.100 |" in report
+    assert "FedMerge's merges - FedAvg's global model there: +0.200" in report
