@@ -91,6 +91,12 @@ def gap_and_larger_std(method, baseline) -> tuple[float, float]:
             float(max(method.std(ddof=ddof), baseline.std(ddof=ddof))))
 
 
+def place(gap: float, larger_std: float) -> str:
+    """A method's place against its baseline by that rule."""
+    return ("a win" if gap > larger_std else "a loss" if gap < -larger_std
+            else "level (within one std)")
+
+
 def rounds_to_reach(rows: list[dict], target: float) -> int | None:
     """First round whose global accuracy is at least ``target``; None if never."""
     return next((r["round"] for r in rows if r["eval_accuracy"] >= target), None)

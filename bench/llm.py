@@ -76,8 +76,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import (AG_NEWS, DOCS, Cells, gap_and_larger_std, mean_std, run_in_process,
-                          write_report)
+from bench.common import (AG_NEWS, DOCS, Cells, gap_and_larger_std, mean_std, place,
+                          run_in_process, write_report)
 from bench.memory import StepMemory, step_memory
 from pollen.catalog import DECODER_TARGETS
 
@@ -368,9 +368,8 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
         ours = [score[0] for score in final[run]]
         theirs = [score[0] for score in final[baseline]]
         gap, larger_std = gap_and_larger_std(ours, theirs)
-        place = ("a win" if gap > larger_std else "a loss" if gap < -larger_std
-                 else "level (within one std)")
-        lines.append(f"| {run} | {baseline} | {gap:+.3f} | {larger_std:.3f} | {place} | "
+        lines.append(f"| {run} | {baseline} | {gap:+.3f} | {larger_std:.3f} | "
+                     f"{place(gap, larger_std)} | "
                      + ", ".join(f"{a - b:+.3f}" for a, b in zip(ours, theirs)) + " |")
     lines += ["", "On the clients' own test splits (each client's exact match on its local "
               "split, then the mean over the clients; FedAvg: its global model; FedMerge: "
@@ -388,8 +387,7 @@ def federated(quick: bool, seeds: list[int], rounds: int, steps: int, out_dir: P
         gap, larger_std = gap_and_larger_std(on_client_matches["fedmerge"],
                                              on_client_matches["fedavg"])
         lines += ["", f"FedMerge's merges - FedAvg's global model there: {gap:+.3f} (the "
-                  f"larger std {larger_std:.3f}: "
-                  f"{'a win' if gap > larger_std else 'not a win'})."]
+                  f"larger std {larger_std:.3f}: {place(gap, larger_std)})."]
     lines += ["", "Exact match per round (mean over the seeds):", "",
               "| run | " + " | ".join(str(r) for r in range(1, rounds + 1)) + " |",
               "|---|" + "---|" * rounds]

@@ -112,3 +112,4 @@ def test_llm_report_states_each_rows_place_against_its_baseline_by_the_one_std_r
     assert "fedmerge" in rows and "heterotune" not in rows  # one seed of three: no place
     assert "| heterotune | 1 of 3 seeds run so far | 0: 0.100 |" in report
     assert "FedMerge's merges - FedAvg's global model there: +0.200" in report
+    assert "there: +0.200 (the larger std 0.000: a win)." in report
