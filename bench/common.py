@@ -10,12 +10,14 @@ from flwr.simulation import run_simulation
 
 from client_app.app import app as client_app
 from server_app.app import build_server_app, run
+from server_app.checkpoints import Checkpoint, latest_checkpoint
 from strategies import run_config
 from tests.localgrid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[1]
 AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
 RUNS = ROOT / "pollen-runs" / "bench"
+STARTED = "[0-9]" * 8 + "-" + "[0-9]" * 6  # a run folder's name ends in its start time
 
 
 def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, list[dict], float]:
@@ -39,13 +41,35 @@ def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, li
 def run_in_process(overrides: dict, num_clients: int, run_name: str
                    ) -> tuple[Path, list[dict], float]:
     """``simulate``'s result from one process: clients answered in turn through
-    ``tests.localgrid`` instead of Ray workers (smoke runs; no engine start-up)."""
-    run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = run_config({"output-dir": str(RUNS), "run-name": run_name,
-                                     **overrides})
+    ``tests.localgrid`` instead of Ray workers (smoke runs; no engine start-up).
+
+    A run of this name that was killed after a checkpoint (``_interrupted``) is resumed
+    from it (Pollen's ``resume``, which gives the rows of an unbroken run) rather than
+    started again, so a long bench cell loses at most a round; its seconds are then this
+    part's wall time plus the ``round_seconds`` of the rounds it kept."""
+    keys = {"output-dir": str(RUNS),
+            "run-name": f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}", **overrides}
+    kept = 0.0
+    interrupted = _interrupted(run_name)
+    if interrupted:
+        run_dir, checkpoint = interrupted
+        keys.update({"run-name": run_dir.name, "resume": str(run_dir)})
+        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+        kept = sum(json.loads(row)["round_seconds"]
+                   for row in rows[:checkpoint.output_lines["metrics.jsonl"]])
     started = time.perf_counter()
-    outputs = run(LocalGrid.simulation(client_app, num_nodes=num_clients), config)
-    return outputs.run_dir, outputs.read_metrics(), time.perf_counter() - started
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=num_clients), run_config(keys))
+    return outputs.run_dir, outputs.read_metrics(), kept + time.perf_counter() - started
+
+
+def _interrupted(run_name: str) -> tuple[Path, Checkpoint] | None:
+    """The newest run folder of ``run_name`` and its last checkpoint, if it was killed
+    mid-way: it holds a checkpoint but never finished (no summary.json)."""
+    runs = sorted(RUNS.glob(f"{run_name}-{STARTED}"))
+    if not runs or (runs[-1] / "summary.json").exists():
+        return None
+    checkpoint = latest_checkpoint(runs[-1])
+    return (runs[-1], checkpoint) if checkpoint else None
 
 
 class Cells:

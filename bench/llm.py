@@ -46,7 +46,9 @@ round without, about 2.7 hours a seed at the defaults (5 rounds: the issue's "ab
 would be 5 hours a seed). Guided's rounds are three times longer: its coefficient search
 (20 Adam steps of 32 server prompts through SmolLM2, guided's defaults) took 870-905 s a
 round on one shared thread, against 220-350 s for the three clients' training. Each
-(seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts.
+(seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts; a
+cell killed mid-run resumes from its last round's checkpoint (``run_in_process``), to the
+same rows (checked on --quick's guided cell, killed after round 1).
 --quick: 11 minutes (measured while another benchmark ran).
 
 depth-layouts: is a layer-dropped SmolLM2 a working model before training? Zero-shot
@@ -175,7 +177,7 @@ FEDERATION = {"task": "instruct", "dataset": str(AG_NEWS), "class-names": CLASS_
               "max-seq-len": 160, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
               "fraction-train": 0.3, "fraction-evaluate": 0.0, "batch-size": 8,
               "server-test-fraction": 0.02, "local-test-fraction": 0.05,
-              "server-data-fraction": 0.02, "max-new-tokens": 4, "checkpoint-every": 1000}
+              "server-data-fraction": 0.02, "max-new-tokens": 4}
 FEDERATED = ("fedavg", "fedprox", "fedmerge", "guided", "central")
 FAMILY_RUNS = ("heterotune", "fedavg-per-family")
 # FedMerge's claim is personalised: each client's own merge on its local test split,

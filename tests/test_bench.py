@@ -113,3 +113,47 @@ def test_llm_report_states_each_rows_place_against_its_baseline_by_the_one_std_r
     assert "| heterotune | 1 of 3 seeds run so far | 0: 0.100 |" in report
     assert "FedMerge's merges - FedAvg's global model there: +0.200" in report
     assert "there: +0.200 (the larger std 0.000: a win)." in report
+
+
+def test_a_bench_run_killed_after_a_checkpoint_resumes_to_an_unbroken_runs_rows(
+        tmp_path, monkeypatch):
+    """``run_in_process`` on a name whose newest run was killed (SIGKILL) after round 2's
+    checkpoint resumes that folder, and its rows equal those of a run never stopped; a
+    finished run is not resumed: the next call starts a new folder."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import bench.common
+    from server_app.checkpoints import latest_checkpoint
+
+    monkeypatch.setattr(bench.common, "RUNS", tmp_path)
+    keys = {"num-server-rounds": 6}
+    killed = tmp_path / "cell-20260101-000000"
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "tests.serve_local",
+         json.dumps({**keys, "output-dir": str(tmp_path), "run-name": killed.name})],
+        cwd=bench.common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (killed / "checkpoints" / "round-2").is_dir():
+            assert victim.poll() is None and time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        victim.kill()
+    finally:
+        victim.wait(timeout=60)
+    assert not (killed / "summary.json").exists(), "the run finished before the kill"
+    kept = latest_checkpoint(killed).server_round
+
+    run_dir, rows, seconds = bench.common.run_in_process(keys, 4, "cell")
+    _, unbroken, _ = bench.common.run_in_process(keys, 4, "unbroken")
+
+    def untimed(rows):
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in rows]
+
+    assert run_dir == killed and [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert untimed(rows) == untimed(unbroken)
+    assert seconds > sum(r["round_seconds"] for r in rows[:kept])
+    again = bench.common.run_in_process({"num-server-rounds": 1}, 4, "cell")[0]
+    assert again != killed and again.name.startswith("cell-")
