@@ -400,22 +400,41 @@ def test_a_depth_family_is_the_first_layers_of_its_base():
     assert build_tokenizer("tiny-llama-l1") is build_tokenizer("smollm2")
 
 
+# The three methods across depth families; HetLoRA's ranks follow the families.
+DEPTH_FAMILY_RUNS = {"heterotune": {}, "fedavg-per-family": {},
+                     "hetlora": {"hetlora.ranks": "4,8"}}
+
+
 @pytest.mark.slow
-def test_heterotune_runs_across_depth_families_of_an_llm(topics_csv, tmp_path):
+@pytest.mark.parametrize("strategy", list(DEPTH_FAMILY_RUNS))
+def test_each_family_method_runs_across_depth_families_of_an_llm(strategy, topics_csv,
+                                                                   tmp_path):
+    from safetensors.torch import load_file
+
     from pollen.dema.model import load_dema_adapter
 
-    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": "heterotune",
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv), "strategy": strategy,
                          "model-families": "tiny-llama-l1,tiny-llama",
+                         **DEPTH_FAMILY_RUNS[strategy],
                          "num-server-rounds": 1, "max-steps": 3,
                          "server-test-fraction": 0.05, "max-new-tokens": 2,
-                         "output-dir": str(tmp_path), "run-name": "hetero"})
+                         "output-dir": str(tmp_path), "run-name": strategy})
     outputs = run(LocalGrid.simulation(client_app, 2), config)
     row = outputs.read_metrics()[-1]
     assert set(row["family_accuracy"]) == {"tiny-llama-l1", "tiny-llama"}
-    assert 0.0 <= row["cmga_conflict_fraction"] <= 1.0
-    model = load_dema_adapter(outputs.run_dir / "adapters" / "tiny-llama-l1")
-    assert len(model.backbone.model.layers) == 1
-    each_round = load_dema_adapter(outputs.run_dir / "adapters" / "round-1" / "tiny-llama-l1")
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 each_round.state_dict().values()))
-    assert model.dema_config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    if strategy == "heterotune":
+        assert 0.0 <= row["cmga_conflict_fraction"] <= 1.0
+        model = load_dema_adapter(outputs.run_dir / "adapters" / "tiny-llama-l1")
+        assert len(model.backbone.model.layers) == 1
+        each_round = load_dema_adapter(outputs.run_dir / "adapters" / "round-1"
+                                       / "tiny-llama-l1")
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                     each_round.state_dict().values()))
+        assert model.dema_config.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    else:  # each family's own peft adapter: its layers, its rank
+        for family, layers, rank in (("tiny-llama-l1", {"0"}, 4 if strategy == "hetlora"
+                                      else 8), ("tiny-llama", {"0", "1"}, 8)):
+            tensors = load_file(outputs.run_dir / "adapters" / family
+                                / "adapter_model.safetensors")
+            assert {name.split("layers.")[1].split(".")[0] for name in tensors} == layers
+            assert {t.shape[0] for name, t in tensors.items() if "lora_A" in name} == {rank}
