@@ -290,8 +290,10 @@ def _cell(run: str, seed: int, quick: bool, rounds: int, steps: int) -> dict:
     if run in FAMILY_RUNS:
         keys["model-families"] = ("tiny-llama-l1,tiny-llama" if quick
                                   else "smollm2-l10,smollm2-l20,smollm2")
-    run_dir, rows, seconds = run_in_process(_keys(model, seed, rounds, steps, **keys),
-                                            num_clients, f"llm-{run}-seed{seed}")
+    # named as its cells file, so that a killed run is resumed only by its own suite
+    run_dir, rows, seconds = run_in_process(
+        _keys(model, seed, rounds, steps, **keys), num_clients,
+        f"llm{'-quick' if quick else ''}-r{rounds}-s{steps}-{run}-seed{seed}")
     replies = sum(r["num_replies"] for r in rows)
     train_seconds = sum(r.get("client_train_seconds_sum") or 0.0 for r in rows)
     tokens = replies * steps * config.batch_size * _mean_real_tokens(config)
