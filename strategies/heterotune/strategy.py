@@ -40,12 +40,15 @@ tensor (its logged cosines: minilm-l2 | minilm-l4 positive, 0.2-0.4; the full mo
 pairs near 0).
 
 On SmolLM2's depth families (``smollm2-l10``/``-l20``: the first 10/20 of 30 decoder
-layers under the model's own norm and head, the issue's example) it fails (section 9 of
-docs/benchmarks.md, one seed): a prefix is not a working language model, and the shared
-DeMA tensors of the common layers carry its clients' updates into the full model, whose
-exact match fell from the base's 0.345 to 0.12 after a round in which only smollm2-l10
-clients trained. Dropping middle layers instead (the first and last N/2 kept, or
-offsite-tuning's uniform drop between the first and last 2) gives no working model either:
+layers under the model's own norm and head, the issue's example) it loses to per-family
+FedAvg beyond one std (section 9 of docs/benchmarks.md, 3 seeds: family mean 0.143 +-
+0.050 against 0.352 +- 0.034): a prefix is not a working language model before training,
+smollm2-l10 never answers a label under HeteroTune (0.24-0.26 trained alone), and the
+shared DeMA tensors of the common layers carry the short families' updates into the full
+model, whose exact match fell from the base's 0.345 to 0.12 after a round in which only
+smollm2-l10 clients trained (seed 0). Dropping middle layers instead (the first and
+last N/2 kept, or offsite-tuning's uniform drop between the first and last 2) gives no
+working model either:
 all score 0 before training, with response losses of 8-10 nats at 20 layers and 15-16 at
 10 against the full model's 1.2, the prefixes' 25 and 34 (``python -m bench.llm
 depth-layouts``). They start closer, but whether they train better is not measured; Pollen
