@@ -17,16 +17,21 @@ from tests.localgrid import LocalGrid
 ROOT = Path(__file__).resolve().parents[1]
 AG_NEWS = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
 RUNS = ROOT / "pollen-runs" / "bench"
-STARTED = "[0-9]" * 8 + "-" + "[0-9]" * 6  # a run folder's name ends in its start time
+STARTED = "[0-9]" * 8 + "-" + "[0-9]" * 6  # the glob of ``stamped``'s suffix
+
+
+def stamped(run_name: str) -> str:
+    """A run folder's name: ``run_name`` plus the start time, so reruns never collide."""
+    return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def simulate(overrides: dict, num_clients: int, run_name: str) -> tuple[Path, list[dict], float]:
     """Run the app in Flower's simulation engine (Ray, one CPU per client).
 
-    Returns the run folder (``run_name`` plus the start time, so reruns never collide),
-    its metrics rows and the wall time including Ray start-up.
+    Returns the run folder (``stamped``), its metrics rows and the wall time including Ray
+    start-up.
     """
-    run_name = f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = stamped(run_name)
     overrides = {"output-dir": str(RUNS), "run-name": run_name, **overrides}
     started = time.perf_counter()
     run_simulation(server_app=build_server_app(overrides), client_app=client_app,
@@ -47,19 +52,19 @@ def run_in_process(overrides: dict, num_clients: int, run_name: str
     from it (Pollen's ``resume``, which gives the rows of an unbroken run) rather than
     started again, so a long bench cell loses at most a round; its seconds are then this
     part's wall time plus the ``round_seconds`` of the rounds it kept."""
-    keys = {"output-dir": str(RUNS),
-            "run-name": f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}", **overrides}
-    kept = 0.0
+    keys = {"output-dir": str(RUNS), "run-name": stamped(run_name), **overrides}
+    kept_rounds = 0
     interrupted = _interrupted(run_name)
     if interrupted:
         run_dir, checkpoint = interrupted
         keys.update({"run-name": run_dir.name, "resume": str(run_dir)})
-        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
-        kept = sum(json.loads(row)["round_seconds"]
-                   for row in rows[:checkpoint.output_lines["metrics.jsonl"]])
+        kept_rounds = checkpoint.output_lines["metrics.jsonl"]
     started = time.perf_counter()
     outputs = run(LocalGrid.simulation(client_app, num_nodes=num_clients), run_config(keys))
-    return outputs.run_dir, outputs.read_metrics(), kept + time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    rows = outputs.read_metrics()
+    return (outputs.run_dir, rows,
+            seconds + sum(row["round_seconds"] for row in rows[:kept_rounds]))
 
 
 def _interrupted(run_name: str) -> tuple[Path, Checkpoint] | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +37,7 @@ def main() -> None:
     overrides = {"dataset": args.dataset, "model": "minilm", "partitioner": "dirichlet",
                  "dirichlet-alpha": 0.5, "num-server-rounds": args.rounds, "lr": 0.003,
                  "local-epochs": 1, "seed": 42}
-    run_dir, rows, total = simulate(overrides, args.clients,
-                                    f"foundation-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir, rows, total = simulate(overrides, args.clients, "foundation")
     summary = json.loads((run_dir / "summary.json").read_text())
     full = full_model_bytes("minilm", 4)
     messages_per_round = [r["num_replies"] * 3 for r in rows]  # train down, up, eval down

@@ -154,6 +154,8 @@ def test_a_bench_run_killed_after_a_checkpoint_resumes_to_an_unbroken_runs_rows(
 
     assert run_dir == killed and [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert untimed(rows) == untimed(unbroken)
-    assert seconds > sum(r["round_seconds"] for r in rows[:kept])
+    assert 1 <= kept < 6
+    # the resumed part's wall time covers only its own rounds; the kept ones are added
+    assert seconds >= sum(r["round_seconds"] for r in rows)
     again = bench.common.run_in_process({"num-server-rounds": 1}, 4, "cell")[0]
     assert again != killed and again.name.startswith("cell-")
