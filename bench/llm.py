@@ -46,7 +46,7 @@ round without, about 2.7 hours a seed at the defaults (5 rounds: the issue's "ab
 would be 5 hours a seed). Guided's rounds are three times longer: its coefficient search
 (20 Adam steps of 32 server prompts through SmolLM2, guided's defaults) took 642-905 s a
 round on one thread, against 204-456 s for the three clients' training, and a guided
-cell's process peaked at 12.7 GiB RSS: two guided cells side by side do not fit in 24 GB
+cell's process peaked at 12.7 GiB RSS (sampled with ps): two guided cells side by side do not fit in 24 GB
 (the kernel killed one; it resumed from its checkpoint). Each
 (seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts; a
 cell killed mid-run resumes from its last round's checkpoint (``run_in_process``), to the
