@@ -2,6 +2,7 @@
 
     python -m bench.labelskew [--seeds 5,6,7] [--rounds 4] [--only NAME,...]
     python -m bench.labelskew probe
+    python -m bench.labelskew grid [--rows default,sgd] [--seeds 0,1,2] [--tasks ...]
 
 The held-out check's setting, on a two-class subset of AG News that keeps its class
 ratio (57.6% majority): Business (all 1,900 test rows) against Sci/Tech (1,400 of
@@ -21,6 +22,18 @@ probe: MiniLM frozen, 800 texts of the subset: a logistic-regression probe (trai
 over [CLS] (what transformers' BertForSequenceClassification's head reads), the [CLS]
 state, and the attention-masked mean (how all-MiniLM-L6-v2 was trained), with each
 reading's spread (mean std per dimension). About 30 seconds.
+
+grid (#36): the default recipe against its remedies where the skew is strong. MiniLM +
+LoRA, 10 clients, 1 local epoch, 4 rounds, 5% server data, every key not named by a
+row at its default, on two tasks of the project's own data (``binary``: the subset
+above; ``4-class``: all of AG News's 7,600 test rows) at Dirichlet 0.1 and 0.3, over
+seeds; a seed whose Dirichlet split cannot be drawn is replaced by the next drawable
+one (``drawable_seeds``), and the report names the seeds it used. Rows are run-config
+overrides (``GRID_ROWS``): ``default`` names no key, so it is "today's default" at the
+commit that ran it; each cell is tagged with that commit. Reports the final accuracy
+and macro-F1 per cell (mean +- std and per seed), and the majority-class predictor's
+accuracy and macro-F1 beside them. About 3 minutes a binary cell and 7 a 4-class one
+on one thread.
 """
 
 from __future__ import annotations
@@ -44,6 +57,110 @@ VARIANTS = {
     "adamw 0.003": {"optimizer": "adamw", "lr": 0.003},  # the held-out check's recipe
     "sgd 0.05": {"optimizer": "sgd", "lr": 0.05},
 }
+
+
+GRID_ROWS = {
+    "default": {},
+    "sgd": {"optimizer": "sgd"},
+}
+GRID_SETTING = {"model": "minilm", "partitioner": "dirichlet", "local-epochs": 1,
+                "server-data-fraction": 0.05, "fraction-evaluate": 0.0,
+                "num-server-rounds": 4}
+GRID_ALPHAS = (0.1, 0.3)
+
+
+def four_class_csv(out: Path) -> Path:
+    """label,text rows of all of AG News's test split (1,900 a class)."""
+    frame = pd.read_csv(AG_NEWS, header=None, names=["label", "title", "body"])
+    frame["text"] = frame["title"] + ". " + frame["body"]
+    frame["label"] = frame["label"].map({1: "World", 2: "Sports", 3: "Business",
+                                         4: "Sci/Tech"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame[["label", "text"]].to_csv(out, index=False)
+    return out
+
+
+GRID_TASKS = {"binary": lambda: two_class_csv(RUNS / "agnews-business-scitech.csv"),
+              "4-class": lambda: four_class_csv(RUNS / "agnews-4class.csv")}
+
+
+def drawable_seeds(keys: dict, wanted: int, first: int, num_clients: int = 10) -> list[int]:
+    """The first ``wanted`` seeds from ``first`` on whose Dirichlet split flwr-datasets
+    can draw (every client gets its minimum; ``pollen.data.client_split`` says so)."""
+    from pollen.data import client_split, load_task
+    from pollen.errors import ConfigError
+    from strategies import run_config
+
+    seeds, seed = [], first
+    while len(seeds) < wanted:
+        config = run_config({**keys, "seed": seed})
+        try:
+            client_split(load_task(config), config, 0, num_clients)
+            seeds.append(seed)
+        except ConfigError as error:
+            print(f"seed {seed} skipped: {error}", flush=True)
+        seed += 1
+    return seeds
+
+
+def majority_scores(labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy and macro-F1 of always predicting the most frequent label (F1 is
+    2p/(1+p) for that class, 0 for the others, averaged over the classes present)."""
+    counts = np.unique(labels, return_counts=True)[1]
+    share = counts.max() / counts.sum()
+    return float(share), float(2 * share / (1 + share) / len(counts))
+
+
+def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cells,
+         out_dir: Path, report_only: bool = False) -> Path:
+    from pollen.data import load_task
+    from strategies import run_config
+
+    here = commit()
+    lines = ["MiniLM + LoRA, 10 clients, Dirichlet over the label, 1 local epoch, 4 rounds, "
+             "5% server data, every other key at its default; the server's test split. "
+             "Rows name the recipe (its run-config overrides) and the commit that ran it. "
+             "The majority-class predictor's scores are given per task.", ""]
+    for task in tasks:
+        dataset = str(GRID_TASKS[task]())
+        for alpha in GRID_ALPHAS:
+            keys = {**GRID_SETTING, "dataset": dataset, "dirichlet-alpha": alpha}
+            seeds = drawable_seeds(keys, len(seeds_wanted), seeds_wanted[0])
+            cell = f"{task} a{alpha:g}"
+            for seed in [] if report_only else seeds:
+                for name in names:
+                    def compute(name=name, seed=seed) -> dict:
+                        _, rows, seconds = run_in_process(
+                            {**keys, **GRID_ROWS[name], "seed": seed}, 10,
+                            f"labelskew-grid-{task}-a{alpha:g}-{name}-seed{seed}")
+                        return {"accuracy": [r["eval_accuracy"] for r in rows],
+                                "macro_f1": [r["eval_macro_f1"] for r in rows],
+                                "seconds": seconds}
+                    cells.get(seed, f"{cell}/{name}@{here}", compute)
+            test_labels = np.array(load_task(run_config({**keys, "seed": seeds[0]}))
+                                   .server_test["label"])
+            majority = majority_scores(test_labels)
+            lines += [f"### {task}, Dirichlet {alpha:g} (seeds {', '.join(map(str, seeds))}; "
+                      f"majority class: accuracy {majority[0]:.3f}, macro-F1 "
+                      f"{majority[1]:.3f})", "",
+                      "| recipe @ commit | final accuracy | final macro-F1 | accuracy per "
+                      "seed | macro-F1 per seed |", "|---|---|---|---|---|"]
+            rows = sorted({key.split("/", 1)[1] for key in cells.done
+                           if key.split("/", 1)[1].startswith(cell + "/")})
+            for row in rows:
+                done = cells.of(row, seeds)
+                if len(done) < len(seeds):
+                    continue
+                accuracy = [c["accuracy"][-1] for c in done]
+                f1 = [c["macro_f1"][-1] for c in done]
+                lines.append(f"| {row.split('/', 1)[1]} | {mean_std(accuracy)} | "
+                             f"{mean_std(f1)} | {', '.join(f'{v:.3f}' for v in accuracy)} | "
+                             f"{', '.join(f'{v:.3f}' for v in f1)} |")
+            lines.append("")
+    return write_report("labelskew-grid", "Default recipes under strong label skew (#36)",
+                        f"python -m bench.labelskew grid --seeds "
+                        f"{','.join(map(str, seeds_wanted))} --rows {','.join(names)}",
+                        "\n".join(lines), out_dir)
 
 
 def two_class_csv(out: Path) -> Path:
@@ -138,10 +255,13 @@ def federated(seeds: list[int], rounds: int, names: list[str], cells: Cells,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", nargs="?", default="federated", choices=("federated", "probe"))
-    parser.add_argument("--seeds", default="5,6,7")
+    parser.add_argument("suite", nargs="?", default="federated",
+                        choices=("federated", "probe", "grid"))
+    parser.add_argument("--seeds", default=None, help="default 5,6,7 (grid: 0,1,2)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", default=",".join(VARIANTS))
+    parser.add_argument("--rows", default=",".join(GRID_ROWS), help="grid: the recipes")
+    parser.add_argument("--tasks", default=",".join(GRID_TASKS), help="grid: the tasks")
     parser.add_argument("--cells", type=Path, default=None,
                         help="the cells file (default pollen-runs/bench/labelskew-cells-"
                              "r<rounds>.json)")
@@ -152,8 +272,13 @@ def main() -> None:
     if args.suite == "probe":
         probe(args.out)
         return
+    if args.suite == "grid":
+        grid([int(s) for s in (args.seeds or "0,1,2").split(",")], args.rows.split(","),
+             args.tasks.split(","), Cells(args.cells or DOCS / "labelskew-grid-cells.json"),
+             args.out, args.report_only)
+        return
     cells = Cells(args.cells or RUNS / f"labelskew-cells-r{args.rounds}.json")
-    federated([int(s) for s in args.seeds.split(",")], args.rounds, args.only.split(","),
+    federated([int(s) for s in (args.seeds or "5,6,7").split(",")], args.rounds, args.only.split(","),
               cells, args.out, args.report_only)
 
 
