@@ -60,21 +60,67 @@ def torch_dataset(split: datasets.Dataset, modality: str, model_name: str,
     return tokenised.with_format("torch", columns=columns)
 
 
+def server_dataset(data) -> tuple[torch.utils.data.Dataset, int | None]:
+    """Server-held data as Pollen's loops read it, and the batch size it came with: a
+    ``datasets.Dataset`` in torch format (Pollen's own) as it is; a torch Dataset of
+    (inputs, label) pairs, or a DataLoader over one, as a ``PairDataset``."""
+    if isinstance(data, datasets.Dataset):
+        return data, None
+    if isinstance(data, DataLoader):
+        return server_dataset(data.dataset)[0], data.batch_size
+    return PairDataset(data), None
+
+
+def held_out(dataset: torch.utils.data.Dataset, fraction: float, seed: int
+             ) -> tuple[torch.utils.data.Subset, torch.utils.data.Subset]:
+    """A seeded split of ``dataset`` into the rest and a held-out ``fraction`` (at least
+    one example on each side)."""
+    if len(dataset) < 2 or not 0 < fraction < 1:
+        raise ValueError(f"holding out a fraction {fraction} of {len(dataset)} examples "
+                         "leaves a side empty: pass at least 2 examples and a fraction in "
+                         "(0, 1), or the held-out data itself")
+    count = min(max(1, round(len(dataset) * fraction)), len(dataset) - 1)
+    rest, held = torch.utils.data.random_split(
+        dataset, [len(dataset) - count, count], torch.Generator().manual_seed(seed))
+    return rest, held
+
+
 def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
                 seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+INPUTS_KEY = "inputs"  # a pair dataset's inputs, passed to the model positionally
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """A dataset of (inputs, label) pairs, as a torch user holds one, in the dict form
+    Pollen's loops read (``inputs``, ``label``): ``logits_of`` calls ``model(inputs)``."""
+
+    def __init__(self, pairs: torch.utils.data.Dataset) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        inputs, label = self.pairs[index]
+        return {INPUTS_KEY: inputs, "label": label}
+
+
 def logits_of(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
               params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """The model's logits on a batch; with ``params`` (module names -> tensors), through
-    ``torch.func.functional_call`` with those tensors in place of the module's own."""
+    """The model's logits on a batch: ``model(**features)`` (Hugging Face, Pollen's CNN)
+    or, for a ``PairDataset``'s batch, ``model(inputs)``; with ``params`` (module names
+    -> tensors), through ``torch.func.functional_call`` with those tensors in place of
+    the module's own."""
     features = {k: v.to(device) for k, v in batch.items() if k != "label"}
+    args = (features.pop(INPUTS_KEY),) if INPUTS_KEY in features else ()
     if params is None:
-        output = model(**features)
+        output = model(*args, **features)
     else:
-        output = torch.func.functional_call(model, params, args=(), kwargs=features)
+        output = torch.func.functional_call(model, params, args=args, kwargs=features)
     return output.logits if hasattr(output, "logits") else output
 
 
@@ -151,6 +197,21 @@ class ServerTraining:
         """How much one ``run`` trains, as ``train`` reads epochs and max-steps."""
         return (f"{self.max_steps} step(s)" if self.max_steps
                 else f"{self.epochs} epoch(s)")
+
+    @classmethod
+    def of(cls, model: nn.Module | None, data, *, epochs: int, max_steps: int, lr: float,
+           batch_size: int, optimizer: str, who: str) -> ServerTraining:
+        """The recipe on a Flower user's own pieces: ``model`` (the torch module whose
+        trainable parameters the arrays hold) and ``data`` (``server_dataset``); a
+        missing piece is a ValueError that says what ``who`` needs."""
+        if model is None or data is None:
+            raise ValueError(f"{who} trains on the server's own labelled data: pass model= "
+                             "(the torch module the arrays belong to) and server_data= (a "
+                             "Dataset or DataLoader of (inputs, label) pairs)")
+        dataset, loader_batch = server_dataset(data)
+        return cls(model, dataset, epochs=epochs, max_steps=max_steps,
+                   round_lr=lambda server_round: lr, batch_size=loader_batch or batch_size,
+                   optimizer=LocalOptimizer(optimizer))
 
     def run(self, start: Mapping[str, np.ndarray], server_round: int, seed: int
             ) -> tuple[dict[str, np.ndarray], float]:

@@ -21,6 +21,7 @@ from pollen.exchange import exchange
 from pollen.records import array_bytes, encode_records
 from pollen.training import EvalResult
 from strategies.base import PollenStrategy
+from strategies.validation import REJECTED_KEY
 
 
 def _valid(replies: list[Message]) -> list[Message]:
@@ -61,7 +62,8 @@ def _weighted_accuracy(replies: list[Message]) -> float | None:
 
 
 # Keys of the clients' train MetricRecord that the row already carries in its own form.
-_CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds", "peak_memory_mb"}
+# The rejected replies' count too: the row lists them (``rejections``).
+_CLIENT_TRAIN_KEYS = {"train_loss", "train_seconds", "peak_memory_mb", REJECTED_KEY}
 _CLIENT_EVAL_KEYS = {"eval_loss", "eval_accuracy"}
 
 

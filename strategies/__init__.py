@@ -1,5 +1,7 @@
 """Pollen's methods, one folder each (``strategies/<method>/``), and the run config they
-share. ``METHODS`` is the registry: method name -> ``spec.MethodSpec``."""
+share. ``METHODS`` is the registry: method name -> ``spec.MethodSpec``. The strategies
+that work with any Flower ClientApp are importable by class name and built with Flower's
+keywords (README, "Use a Pollen strategy in your own Flower app")."""
 
 from __future__ import annotations
 
@@ -21,8 +23,16 @@ from strategies import (
     hetlora,
     mosaic,
 )
+from strategies.central.strategy import Central
+from strategies.fedavg.strategy import FedAvg
+from strategies.fedmerge.strategy import FedMerge
+from strategies.fedprox.strategy import FedProx
+from strategies.fedref.strategy import FedRef
+from strategies.guided.strategy import GuidedMerge
 from strategies.spec import MethodSpec, ServerSetup
 from strategies.validation import ValidatedUpdates
+
+__all__ = ["Central", "FedAvg", "FedMerge", "FedProx", "FedRef", "GuidedMerge", "METHODS"]
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     fedavg.SPEC,
@@ -82,10 +92,7 @@ def with_method(config: RunConfig) -> RunConfig:
 def build_strategy(setup: ServerSetup) -> ValidatedUpdates:
     """The run's method, wrapped so that it only ever sees validated replies."""
     setup.config = with_method(setup.config)
-    return ValidatedUpdates(method_of(setup.config.strategy).build(setup),
-                            norm_limit=setup.config.update_norm_limit,
-                            norm_action=setup.config.update_norm_action,
-                            name_of=setup.directory.name_of)
+    return ValidatedUpdates.around(method_of(setup.config.strategy).build(setup))
 
 
 def build_model_for(config: RunConfig, family: str, num_classes: int):

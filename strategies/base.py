@@ -35,22 +35,70 @@ The message contract every method shares (each method's ``strategy.py`` adds its
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from strategies.aggregate import weighted_mean
-from strategies.directory import ClientDirectory, client_sort_key
+from strategies.directory import ClientDirectory, NodeDirectory, client_sort_key
 from strategies.validation import RejectedReply, check_values
 
 StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
+# Where a reply's accuracy may stand: Pollen's name, then Flower's examples' names.
+ACCURACY_KEYS = ("eval_accuracy", "eval_acc", "accuracy")
+
+
+def accuracy_of(metrics: Mapping) -> float | None:
+    """The accuracy a metric record reports under any of ``ACCURACY_KEYS``, else None."""
+    return next((float(metrics[k]) for k in ACCURACY_KEYS if k in metrics), None)
+
+
+def metrics_of(reply: Message) -> MetricRecord:
+    """A reply's one MetricRecord, whatever its key (Flower's examples and Pollen's
+    clients call it ``metrics``)."""
+    return next(iter(reply.content.metric_records.values()))
+
+
+def metric_problem(content: RecordDict, weight_key: str) -> str | None:
+    """Why a reply's metrics cannot be weighted (None: they can): Flower's contract is
+    one MetricRecord holding a positive ``weight_key``."""
+    records = list(content.metric_records.values())
+    if len(records) != 1:
+        return f"{len(records)} metric records, expected one"
+    weight = records[0].get(weight_key)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        return f"no positive '{weight_key}' (got {weight!r})"
+    return None
+
+
+def mean_of_reported(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Each metric's ``weight_key``-weighted mean over the replies that report it.
+
+    Flower's ``aggregate_metricrecords`` normalises every key by the weight of all
+    replies, so a key some clients omit comes out too small, and ``FedAvg``'s reply check
+    stops the round when the replies' keys differ. Where every reply reports every key
+    this is Flower's arithmetic, term for term."""
+    records = [next(iter(c.metric_records.values())) for c in contents]
+    keys = list(dict.fromkeys(k for r in records for k in r if k != weight_key))
+    mean = MetricRecord()
+    for key in keys:
+        reporting = [r for r in records if key in r]
+        total = sum(float(r[weight_key]) for r in reporting)
+        for record in reporting:
+            factor = float(record[weight_key]) / total
+            value = record[key]
+            term = [v * factor for v in value] if isinstance(value, list) else value * factor
+            mean[key] = term if key not in mean else (
+                [a + b for a, b in zip(mean[key], term, strict=True)]
+                if isinstance(term, list) else mean[key] + term)
+    return mean
 
 
 def prefixed(tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -69,19 +117,55 @@ class PollenStrategy(FedAvg):
 
     checks_values = True  # its mean finds non-finite replies (validation.ValidatedUpdates)
 
-    def __init__(self, *, directory: ClientDirectory, initial_arrays: ArrayRecord,
-                 seed: int, client_rotation: bool = False, min_replies: int = 1,
-                 **fedavg_kwargs) -> None:
+    def __init__(self, *, seed: int = 42, client_rotation: bool = False,
+                 min_replies: int = 1, update_norm_limit: float = 0.0,
+                 update_norm_action: str = "reject",
+                 directory: ClientDirectory | None = None,
+                 initial_arrays: ArrayRecord | None = None, **fedavg_kwargs) -> None:
+        """Flower's FedAvg keywords (``fraction_train``, ``min_available_nodes``,
+        ``weighted_by_key``, the metric aggregation functions, ...) and Pollen's: the
+        sampling ``seed``, ``client_rotation``, ``min_replies`` (fewer valid replies keep
+        the previous model) and the update norm bound (``validation.py``). Without a
+        ``directory`` the clients are known by node id and need not answer a ``query``
+        (``NodeDirectory``: any Flower ClientApp). ``initial_arrays`` may wait for
+        ``start()``, as in Flower."""
+        fedavg_kwargs.setdefault("train_metrics_aggr_fn", mean_of_reported)
+        fedavg_kwargs.setdefault("evaluate_metrics_aggr_fn", mean_of_reported)
         super().__init__(**fedavg_kwargs)
-        self.directory = directory
-        self.global_arrays = initial_arrays
+        if update_norm_action not in ("reject", "clip"):
+            raise ValueError(f"update_norm_action must be 'reject' or 'clip', got "
+                             f"{update_norm_action!r}")
+        self.directory = directory if directory is not None else NodeDirectory()
         self.seed = seed
         self.client_rotation = client_rotation
         self.min_replies = min_replies
+        self.update_norm_limit, self.update_norm_action = update_norm_limit, update_norm_action
         # Per round: what each node was sent to train from, and how aggregation went.
         self.sent: dict[int, dict[str, np.ndarray]] = {}
         self.rejected: dict[int, str] = {}  # node id -> reason
         self.kept_previous_global = False
+        self.global_arrays: ArrayRecord | None = None
+        if initial_arrays is not None:
+            self.begin(initial_arrays)
+
+    def begin(self, initial_arrays: ArrayRecord) -> None:
+        """Start from ``initial_arrays``: the global model and whatever a method derives
+        from it. ``start()`` calls it, and so does the constructor when given them."""
+        self.global_arrays = initial_arrays
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+              ) -> Result:
+        """Flower's ``Strategy.start()`` from ``initial_arrays``, with every training
+        reply validated first (``validation.ValidatedUpdates``: dropped replies are
+        logged with their node and reason and counted in the round's train metrics)."""
+        from strategies.validation import ValidatedUpdates
+
+        self.begin(initial_arrays)
+        return Strategy.start(ValidatedUpdates.around(self), grid, self.global_arrays,
+                              num_rounds, timeout, train_config, evaluate_config, evaluate_fn)
 
     def summary(self) -> None:
         log(INFO, "\t├──> Pollen: seed %d, client rotation %s, min replies %d", self.seed,
@@ -191,7 +275,7 @@ class PollenStrategy(FedAvg):
         valid = self.valid_replies(replies)
         while valid:
             views = [array_views(m.content[ARRAYS_KEY]) for m in valid]
-            mean = weighted_mean(views, [float(m.content["metrics"][self.weighted_by_key])
+            mean = weighted_mean(views, [float(metrics_of(m)[self.weighted_by_key])
                                          for m in valid])
             if all(np.isfinite(value).all() for value in mean.values()):
                 break
@@ -215,7 +299,20 @@ class PollenStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        return super().aggregate_evaluate(server_round, self.in_client_order(replies))
+        """The metric aggregation function over the replies whose metrics can be weighted;
+        each other reply is logged with its node and reason (an error reply too)."""
+        usable = []
+        for reply in self.in_client_order(replies):
+            who = self.directory.name_of(reply.metadata.src_node_id)
+            problem = (f"failed: {reply.error.reason}" if reply.has_error()
+                       else metric_problem(reply.content, self.weighted_by_key))
+            if problem:
+                log(WARNING, "evaluate reply of %s left out: %s", who, problem)
+            else:
+                usable.append(reply)
+        if not usable:
+            return None
+        return self.evaluate_metrics_aggr_fn([m.content for m in usable], self.weighted_by_key)
 
     def round_records(self, server_round: int) -> dict[str, dict]:
         """Extra records for this round, by output file name (one JSON line each)."""

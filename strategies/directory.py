@@ -6,6 +6,10 @@ and any per-client state are keyed by the client id. The directory learns it by 
 each new node one ``query`` message; the same reply tells the server how many examples
 the client holds, and a client whose data or config is broken fails here, before any
 training starts.
+
+A plain Flower ClientApp (one that answers only train and evaluate messages, as Flower's
+examples write them) has no query handler: a strategy built with Flower's keywords and no
+directory uses ``NodeDirectory``, which sends nothing and knows each client by its node id.
 """
 
 from __future__ import annotations
@@ -109,3 +113,22 @@ class ClientDirectory:
     def name_of(self, node_id: int) -> str:
         """'client <id>' for any node ever described (also after it left), else 'node <n>'."""
         return self._names.get(node_id, f"node {node_id}")
+
+
+class NodeDirectory(ClientDirectory):
+    """Clients known by Flower's node id, for ClientApps that answer no ``query``.
+
+    No message is sent: every connected node is a client whose id is its node id, with
+    unknown data sizes and family. Sampling stays seeded and replies stay in id order,
+    but an id lasts only as long as the node's connection (a restarted SuperNode is a new
+    client), and the run config travels only as the caller's ``train_config``."""
+
+    def __init__(self) -> None:
+        super().__init__({}, timeout=0.0)
+
+    def refresh(self, grid: Grid, min_nodes: int = 1, strict: bool = False) -> None:
+        connected = self.wait_for(grid, min_nodes)
+        self._by_node = {node: ClientInfo(node, str(node), 0, 0) for node in connected}
+
+    def client_of(self, node_id: int) -> ClientInfo:
+        return self._by_node.get(node_id) or ClientInfo(node_id, str(node_id), 0, 0)

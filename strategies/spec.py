@@ -73,7 +73,9 @@ class ServerSetup:
                     seed=c.seed, fraction_train=c.fraction_train,
                     fraction_evaluate=c.fraction_evaluate, min_train_nodes=1,
                     min_evaluate_nodes=1, min_available_nodes=c.min_clients,
-                    client_rotation=c.client_rotation, min_replies=c.min_replies)
+                    client_rotation=c.client_rotation, min_replies=c.min_replies,
+                    update_norm_limit=c.update_norm_limit,
+                    update_norm_action=c.update_norm_action)
 
 
 class ClientHalf:

@@ -29,6 +29,7 @@ from pollen.adapters import LayoutError, check_layout, layout
 from pollen.records import ARRAYS_KEY, WIRE_STYPE, array_views, to_array_record
 
 Tensors = dict[str, np.ndarray]
+REJECTED_KEY = "num-rejected"  # train metrics: replies dropped this round
 
 
 class RejectedReply(ValueError):
@@ -116,6 +117,14 @@ class ValidatedUpdates(Strategy):
         self.sent: dict[int, Tensors] = {}
         self.own_rejected: dict[int, str] = {}
 
+    @classmethod
+    def around(cls, strategy) -> ValidatedUpdates:
+        """A Pollen strategy wrapped with its own weight key, norm bound and client names."""
+        return cls(strategy, weight_key=strategy.weighted_by_key,
+                   norm_limit=strategy.update_norm_limit,
+                   norm_action=strategy.update_norm_action,
+                   name_of=strategy.directory.name_of)
+
     _OWN = frozenset({"strategy", "weight_key", "norm_limit", "norm_action", "name_of", "sent",
                       "own_rejected"})
 
@@ -178,7 +187,11 @@ class ValidatedUpdates(Strategy):
                     self.own_rejected[node] = str(error)
                     continue
             kept.append(reply)
-        return self.strategy.aggregate_train(server_round, kept)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if self.rejected:  # counted where Flower's start() keeps each round's metrics
+            metrics = MetricRecord() if metrics is None else metrics
+            metrics[REJECTED_KEY] = len(self.rejected)
+        return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:

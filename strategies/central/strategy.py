@@ -19,6 +19,7 @@ from logging import INFO
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from torch import nn
 
 from pollen.records import from_array_record, to_array_record
 from pollen.seeding import derive_seed
@@ -27,9 +28,18 @@ from strategies.base import PollenStrategy
 
 
 class Central(PollenStrategy):
-    def __init__(self, *, training: ServerTraining, **kwargs) -> None:
+    """Flower's FedAvg keywords, and the server's recipe: ``model`` and ``server_data``
+    (a Dataset or DataLoader of (inputs, label) pairs) with ``epochs`` (or ``max_steps``),
+    ``lr``, ``batch_size`` and ``optimizer`` ("adamw" or "sgd"); or a ready
+    ``training``. Any Flower ClientApp can evaluate its models."""
+
+    def __init__(self, *, training: ServerTraining | None = None, model: nn.Module | None = None,
+                 server_data=None, epochs: int = 1, max_steps: int = 0, lr: float = 0.01,
+                 batch_size: int = 32, optimizer: str = "adamw", **kwargs) -> None:
         super().__init__(**kwargs)
-        self.training = training
+        self.training = training or ServerTraining.of(
+            model, server_data, epochs=epochs, max_steps=max_steps, lr=lr,
+            batch_size=batch_size, optimizer=optimizer, who="Central")
 
     def summary(self) -> None:
         t = self.training

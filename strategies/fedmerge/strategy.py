@@ -71,10 +71,12 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from pollen.adapters import head_tensor_names, reinitialise_travelling
-from pollen.records import ARRAYS_KEY, array_views, to_array_record
+from pollen.errors import ConfigError
+from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from strategies.aggregate import CHUNK, weighted_sum
-from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
+from strategies.base import PollenStrategy, StrategyState, accuracy_of, prefixed, unprefixed
+from strategies.fedmerge.config import FedMergeConfig
 
 Tensors = dict[str, np.ndarray]
 OFFICIAL_W_STEP = 0.01
@@ -139,17 +141,67 @@ def theta_step(thetas: list[Tensors], anchors: list[Mapping[str, np.ndarray]],
     return updated
 
 
+def shuffled_copies(tensors: Tensors, count: int, seed: int) -> list[Tensors]:
+    """``tensors`` and ``count - 1`` copies whose entries are permuted within each tensor
+    (seeded): independent starting points of each tensor's own scale, for a caller
+    that has only arrays. With the model at hand, ``initial_global_models`` re-runs its
+    initialisers instead (what the official code does)."""
+    rng = np.random.default_rng(seed)
+    copies = [dict(tensors)]
+    for _ in range(count - 1):
+        copies.append({name: rng.permutation(value.reshape(-1)).reshape(value.shape)
+                       for name, value in tensors.items()})
+    return copies
+
+
+DEFAULTS = FedMergeConfig()
+
+
 class FedMerge(PollenStrategy):
+    """Flower's FedAvg keywords, and FedMerge's with the defaults of
+    ``[tool.flwr.app.config.fedmerge]``. ``global_models`` (d sets of tensors) may be
+    given; else ``start()`` derives ``num_global_models`` of them from its initial arrays
+    (``shuffled_copies``).
+
+    A plain Flower ClientApp works with it: it trains from its own merge theta_i0 and
+    ignores ``proximal-mu``, so the mu ||theta - theta_i0||^2 term is lost; W's rows are
+    then keyed by node id (a restarted SuperNode starts a fresh row)."""
+
     checks_values = False  # its updates are deltas to each client's own merge
-    def __init__(self, *, global_models: list[Tensors], mu: float, lr_w: float,
-                 lr_theta: float, w_tensors: str, w_step: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not global_models:
+
+    def __init__(self, *, num_global_models: int = DEFAULTS.num_global_models,
+                 mu: float = DEFAULTS.mu, lr_w: float = DEFAULTS.lr_w,
+                 lr_theta: float = DEFAULTS.lr_theta, w_tensors: str = DEFAULTS.w_tensors,
+                 w_step: str = DEFAULTS.w_step, global_models: list[Tensors] | None = None,
+                 **kwargs) -> None:
+        FedMergeConfig(num_global_models=num_global_models, mu=mu, lr_w=lr_w,
+                       lr_theta=lr_theta, w_tensors=w_tensors, w_step=w_step)  # checks
+        if global_models is not None and not global_models:
             raise ValueError("FedMerge needs at least one global model")
-        self.thetas = [dict(t) for t in global_models]
+        self.given_models = global_models
+        self.num_global_models = (len(global_models) if global_models
+                                  else num_global_models)
         self.mu, self.lr_w, self.lr_theta = mu, lr_w, lr_theta
         self.w_tensors, self.w_step = w_tensors, w_step
+        self.thetas: list[Tensors] = []
         self.w: dict[str, np.ndarray] = {}
+        super().__init__(**kwargs)
+
+    def begin(self, initial_arrays: ArrayRecord) -> None:
+        """Theta_1..Theta_d (given, or ``shuffled_copies`` of ``initial_arrays``), W
+        empty, and ``w_tensors = auto`` resolved: the head when the tensors have one."""
+        self.thetas = ([dict(t) for t in self.given_models] if self.given_models else
+                       shuffled_copies(from_array_record(initial_arrays),
+                                       self.num_global_models,
+                                       derive_seed(self.seed, "fedmerge-theta")))
+        has_head = bool(head_tensor_names(self.thetas[0]))
+        if self.w_tensors == "head" and not has_head:
+            raise ConfigError("fedmerge.w-tensors = head, but the model has no classifier "
+                              "head among its travelling tensors (a causal LM's LoRA): use "
+                              "all or auto")
+        if self.w_tensors == "auto":
+            self.w_tensors = "head" if has_head else "all"
+        self.w = {}
         self.global_arrays = to_array_record(self.uniform_merge())
 
     def summary(self) -> None:
@@ -224,8 +276,9 @@ class FedMerge(PollenStrategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         metrics = super().aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            metrics["personalized_accuracy"] = metrics["eval_accuracy"]
+        accuracy = None if metrics is None else accuracy_of(metrics)
+        if accuracy is not None:
+            metrics["personalized_accuracy"] = accuracy
         return metrics
 
     def round_records(self, server_round: int) -> dict[str, dict]:

@@ -12,9 +12,14 @@ Message contract: the shared one (``strategies/base.py``), and the train config'
 from flwr.serverapp.strategy import FedProx as FlowerFedProx
 
 from strategies.base import PollenStrategy
+from strategies.fedprox.config import FedProxConfig
 
 
 class FedProx(FlowerFedProx, PollenStrategy):
-    def __init__(self, *, proximal_mu: float, **kwargs) -> None:
+    """Flower's FedProx keywords; ``proximal_mu`` defaults to ``fedprox.mu``. A plain
+    Flower ClientApp that does not read ``proximal-mu`` trains plain FedAvg (as with
+    Flower's own FedProx)."""
+
+    def __init__(self, *, proximal_mu: float = FedProxConfig().mu, **kwargs) -> None:
         PollenStrategy.__init__(self, **kwargs)
         self.proximal_mu = proximal_mu

@@ -57,12 +57,26 @@ from flwr.serverapp import Grid
 from pollen.records import from_array_record, to_array_record
 from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
 from strategies.fedref.client import REFERENCE_KEY
+from strategies.fedref.config import FedRefConfig
 
 Tensors = dict[str, np.ndarray]
 
 
+DEFAULTS = FedRefConfig()
+
+
 class FedRef(PollenStrategy):
-    def __init__(self, *, p: int, lam: float, client_mu: float, recency_weighted: bool = True,
+    """Flower's FedAvg keywords, and FedRef's with the defaults of
+    ``[tool.flwr.app.config.fedref]``: ``p``, ``lam`` (lambda), ``client_mu`` (mu, 0 when
+    client-prox is off) and ``recency_weighted`` (reference-weights = recency).
+
+    A plain Flower ClientApp works with it: the server step (warm-up, reference, MAP
+    pull) is whole, but the client ignores ``reference`` and ``proximal-mu``, so the
+    client's pull towards the reference is lost (``client_mu=0`` says so explicitly)."""
+
+    def __init__(self, *, p: int = DEFAULTS.p, lam: float = DEFAULTS.lambda_,
+                 client_mu: float = DEFAULTS.mu if DEFAULTS.client_prox else 0.0,
+                 recency_weighted: bool = DEFAULTS.reference_weights == "recency",
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if p < 1 or lam < 0 or client_mu < 0:
@@ -71,6 +85,10 @@ class FedRef(PollenStrategy):
         self.p, self.lam, self.client_mu = p, lam, client_mu
         self.recency_weighted = recency_weighted
         self.aggregates: list[Tensors] = []  # FedAvg's w_agg of the last p rounds, oldest first
+
+    def begin(self, initial_arrays: ArrayRecord) -> None:
+        super().begin(initial_arrays)
+        self.aggregates = []
 
     def summary(self) -> None:
         log(INFO, "\t├──> FedRef: p %d (%s reference, plain FedAvg for the first %d rounds), "
@@ -117,7 +135,9 @@ class FedRef(PollenStrategy):
             self.global_arrays = to_array_record(new)
             distance_sq = float(sum(np.sum((new[k].astype(np.float64) - reference[k]) ** 2)
                                     for k in new))
-            metrics["fedref_objective"] = float(metrics["train_loss"]) + self.lam * distance_sq
+            if "train_loss" in metrics:  # a client that reports no loss has no objective
+                metrics["fedref_objective"] = (float(metrics["train_loss"])
+                                               + self.lam * distance_sq)
             metrics["fedref_reference_distance"] = float(np.sqrt(distance_sq))
         self.aggregates = (self.aggregates + [aggregated])[-self.p:]
         return self.global_arrays, metrics

@@ -2,9 +2,7 @@
 
 from pollen.errors import ConfigError
 from pollen.training import torch_dataset
-from strategies.guided.atlas import ModelAtlas
 from strategies.guided.client import GuidedClient
-from strategies.guided.coefficient_search import CoefficientSearch
 from strategies.guided.config import GuidedConfig
 from strategies.guided.strategy import GuidedMerge
 from strategies.spec import MethodSpec, ServerSetup
@@ -20,17 +18,16 @@ def build(setup: ServerSetup) -> GuidedMerge:
     def convert(split):
         return torch_dataset(split, setup.modality, c.model, c.max_seq_len)
 
-    search = CoefficientSearch(
-        setup.model, convert(data.search), convert(data.holdout),
-        loss="ce" if data.labeled else settings.unlabeled_loss,
-        granularity=settings.granularity, steps=settings.search_steps,
-        lr=settings.search_lr, batch_size=settings.search_batch_size,
-        device=next(setup.model.parameters()).device, trust_region=settings.trust_region)
-    atlas = ModelAtlas(settings.atlas_size, settings.max_staleness, settings.eviction_patience)
     member = (setup.server_training(data.search)
               if settings.server_member and data.labeled else None)
-    return GuidedMerge(search=search, atlas=atlas, server_member=member, **setup.common())
-
+    return GuidedMerge(
+        model=setup.model, search_data=convert(data.search),
+        holdout_data=convert(data.holdout), labeled=data.labeled,
+        unlabeled_loss=settings.unlabeled_loss, atlas_size=settings.atlas_size,
+        max_staleness=settings.max_staleness, eviction_patience=settings.eviction_patience,
+        granularity=settings.granularity, search_steps=settings.search_steps,
+        search_lr=settings.search_lr, search_batch_size=settings.search_batch_size,
+        trust_region=settings.trust_region, server_member=member, **setup.common())
 
 SPEC = MethodSpec("guided", config=GuidedConfig, build=build, client=GuidedClient(),
                   server_data=True)

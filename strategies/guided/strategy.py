@@ -47,26 +47,84 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from torch import nn
 
 from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
-from pollen.training import ServerTraining
-from strategies.base import PollenStrategy, StrategyState, prefixed, unprefixed
+from pollen.training import ServerTraining, held_out, server_dataset
+from strategies.base import (PollenStrategy, StrategyState, metrics_of, prefixed,
+                             unprefixed)
 from strategies.guided.atlas import AtlasEntry, ModelAtlas
 from strategies.guided.client import GLOBAL_ROUND_KEY
 from strategies.guided.coefficient_search import CoefficientSearch
+from strategies.guided.config import GuidedConfig
+
+
+DEFAULTS = GuidedConfig()
 
 
 class GuidedMerge(PollenStrategy):
+    """Flower's FedAvg keywords, the server's data and guided merging's keywords with the
+    defaults of ``[tool.flwr.app.config.guided]``.
+
+    ``model``: the torch module the arrays belong to (its trainable parameters are the
+    merged tensors; a Hugging Face model or any module called as ``model(inputs)``).
+    ``search_data`` and ``holdout_data``: D_s's search and held-out parts, each a Dataset
+    or DataLoader of (inputs, label) pairs (or Pollen's tokenised datasets); without
+    ``holdout_data``, a seeded ``holdout_fraction`` of ``search_data`` is held out.
+    ``labeled`` = False searches by ``unlabeled_loss`` instead of cross-entropy.
+
+    A plain Flower ClientApp works with it: a reply that does not echo ``global-round``
+    is taken to have trained from the global sent this round, which is what Flower's
+    synchronous ``start()`` guarantees (Pollen's clients echo it, so stale replies of a
+    deployed round are placed right)."""
+
     checks_values = False  # updates enter the atlas before the mean is taken
-    def __init__(self, *, search: CoefficientSearch, atlas: ModelAtlas,
+
+    def __init__(self, *, model: nn.Module | None = None, search_data=None,
+                 holdout_data=None, holdout_fraction: float = 0.2, labeled: bool = True,
+                 unlabeled_loss: str = DEFAULTS.unlabeled_loss,
+                 atlas_size: int = DEFAULTS.atlas_size,
+                 max_staleness: int = DEFAULTS.max_staleness,
+                 eviction_patience: int = DEFAULTS.eviction_patience,
+                 granularity: str = DEFAULTS.granularity,
+                 search_steps: int = DEFAULTS.search_steps,
+                 search_lr: float = DEFAULTS.search_lr,
+                 search_batch_size: int = DEFAULTS.search_batch_size,
+                 trust_region: float = DEFAULTS.trust_region,
                  server_member: ServerTraining | None = None, **kwargs) -> None:
+        GuidedConfig(unlabeled_loss=unlabeled_loss, atlas_size=atlas_size,
+                     max_staleness=max_staleness, granularity=granularity,
+                     search_steps=search_steps, search_lr=search_lr,
+                     search_batch_size=search_batch_size,
+                     eviction_patience=eviction_patience, trust_region=trust_region)  # checks
+        if model is None or search_data is None:
+            raise ValueError("GuidedMerge searches merging coefficients on the server's own "
+                             "data: pass model= (the torch module the arrays belong to) and "
+                             "search_data= (a Dataset or DataLoader of (inputs, label) "
+                             "pairs; holdout_data= too, or a holdout_fraction of it is held "
+                             "out)")
         super().__init__(**kwargs)
-        self.search, self.atlas, self.server_member = search, atlas, server_member
-        # Globals that atlas updates may have started from, by index (0 = initial).
-        self.globals: dict[int, dict[str, np.ndarray]] = {0: from_array_record(self.global_arrays)}
+        search_set = server_dataset(search_data)[0]
+        if holdout_data is None:
+            search_set, holdout_set = held_out(search_set, holdout_fraction, self.seed)
+        else:
+            holdout_set = server_dataset(holdout_data)[0]
+        self.search = CoefficientSearch(
+            model, search_set, holdout_set, loss="ce" if labeled else unlabeled_loss,
+            granularity=granularity, steps=search_steps, lr=search_lr,
+            batch_size=search_batch_size, device=next(model.parameters()).device,
+            trust_region=trust_region)
+        self.atlas = ModelAtlas(atlas_size, max_staleness, eviction_patience)
+        self.server_member = server_member
         self.arrivals: list[AtlasEntry] = []
         self.metrics_fields: dict = {}
+        self.current_round = 1
+
+    def begin(self, initial_arrays: ArrayRecord) -> None:
+        super().begin(initial_arrays)
+        # Globals that atlas updates may have started from, by index (0 = initial).
+        self.globals: dict[int, dict[str, np.ndarray]] = {0: from_array_record(initial_arrays)}
 
     def summary(self) -> None:
         log(INFO, "\t├──> Guided merging: atlas size %d, max staleness %d, eviction after "
@@ -82,6 +140,7 @@ class GuidedMerge(PollenStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         config[GLOBAL_ROUND_KEY] = server_round - 1
+        self.current_round = server_round
         return super().configure_train(server_round, arrays, config, grid)
 
     def accepted(self, replies: Iterable[Message]) -> list[Message]:
@@ -91,7 +150,7 @@ class GuidedMerge(PollenStrategy):
             if not reply.has_error():
                 node = reply.metadata.src_node_id
                 client = self.directory.client_of(node).client_id
-                stamp = reply.content["metrics"].get(GLOBAL_ROUND_KEY)
+                stamp = metrics_of(reply).get(GLOBAL_ROUND_KEY, self.current_round - 1)
                 if not (isinstance(stamp, (int, float)) and float(stamp).is_integer()
                         and int(stamp) in self.globals):
                     self.rejected[node] = (f"client {client}: reply stamped with global "
@@ -101,7 +160,7 @@ class GuidedMerge(PollenStrategy):
                 stamp = int(stamp)
                 tensors = array_views(reply.content[ARRAYS_KEY])
                 self.arrivals.append(AtlasEntry(
-                    client, stamp, int(reply.content["metrics"][self.weighted_by_key]),
+                    client, stamp, int(metrics_of(reply)[self.weighted_by_key]),
                     {n: tensors[n] - self.globals[stamp][n] for n in tensors}))
             kept.append(reply)
         return kept if self.enough_replies(len(self.arrivals)) else []

@@ -1,0 +1,192 @@
+"""A Flower user's own app with a Pollen strategy (#35): the README's server code, run
+with Flower's quickstart-pytorch ClientApp (``tests/quickstart``), for each strategy line
+the README gives. Every round trains (its train metrics are aggregated) and the final
+model beats the initial one on the app's own ``evaluate_fn``."""
+
+import logging
+import math
+import re
+from logging import WARNING
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+
+from strategies import FedAvg
+from tests.localgrid import LocalGrid
+from tests.quickstart.client_app import app as quickstart_client
+from tests.quickstart.task import Net
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+RUN_CONFIG = {"fraction-train": 0.5, "num-server-rounds": 3, "lr": 0.01}
+
+
+def readme_code() -> tuple[str, dict[str, str]]:
+    """The section's server code (with the example's package named as here) and its
+    strategy lines by class name."""
+    section = README.read_text().split("## Use a Pollen strategy in your own Flower app")[1]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    code = blocks[0].replace("pytorchexample.task", "tests.quickstart.task")
+    lines = {re.match(r"strategy = (\w+)\(", line).group(1): line
+             for line in blocks[1].strip().splitlines()}
+    return code, lines
+
+
+CODE, STRATEGY_LINES = readme_code()
+
+
+def server_main(strategy_line: str):
+    """The README's ``main`` with its strategy line replaced by ``strategy_line``."""
+    default = STRATEGY_LINES["FedAvg"]
+    assert default in CODE
+    namespace: dict = {}
+    exec(compile(CODE.replace(default, strategy_line), str(README), "exec"), namespace)
+    return namespace["main"]
+
+
+def run_main(main, grid) -> Context:
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=dict(RUN_CONFIG))
+    main(grid, context)
+    return context
+
+
+def test_the_readme_names_every_strategy_a_plain_client_can_run():
+    assert set(STRATEGY_LINES) == {"FedAvg", "FedProx", "FedRef", "FedMerge", "GuidedMerge",
+                                   "Central"}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_LINES))
+def test_each_strategy_trains_a_quickstart_app_every_round(name, monkeypatch):
+    results = []
+    main = server_main(STRATEGY_LINES[name])
+    original_start = main.__globals__[name].start
+
+    def recording_start(self, *args, **kwargs):
+        result = original_start(self, *args, **kwargs)
+        results.append(result)
+        return result
+
+    monkeypatch.setattr(main.__globals__[name], "start", recording_start)
+    grid = LocalGrid.simulation(quickstart_client, 4)
+    run_main(main, grid)
+    (result,) = results
+    rounds = range(1, RUN_CONFIG["num-server-rounds"] + 1)
+    if name == "Central":  # the server trains; clients only evaluate
+        assert not any(m.metadata.message_type == "train" for m in grid.sent)
+    else:
+        assert sorted(result.train_metrics_clientapp) == list(rounds)
+        assert all("train_loss" in result.train_metrics_clientapp[r] for r in rounds)
+    assert sorted(result.evaluate_metrics_clientapp) == list(rounds)
+    server = result.evaluate_metrics_serverapp
+    assert server[3]["accuracy"] > server[0]["accuracy"] + 0.2, server
+    if name == "FedMerge":
+        assert result.evaluate_metrics_clientapp[3]["personalized_accuracy"] == (
+            result.evaluate_metrics_clientapp[3]["eval_acc"])
+
+
+def test_a_missing_server_piece_is_named_at_construction():
+    for line, needs in [("GuidedMerge(fraction_train=0.5)", "search_data="),
+                        ("Central(fraction_train=0.5, model=Net())", "server_data=")]:
+        namespace: dict = {}
+        exec(CODE, namespace)
+        with pytest.raises(ValueError, match=needs):
+            eval(line, namespace)
+
+
+@pytest.fixture
+def flwr_warnings():
+    """WARNING lines of Flower's logger (it does not propagate to the root logger)."""
+    lines: list[str] = []
+    handler = logging.Handler(level=WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+    yield lines
+    logging.getLogger("flwr").removeHandler(handler)
+
+
+def broken_client(kind: str):
+    """The quickstart's client, except on node ``BROKEN``, whose train reply is broken."""
+    def app(message: Message, context: Context) -> Message:
+        reply = quickstart_client(message, context)
+        if message.metadata.message_type != "train" or message.metadata.dst_node_id != BROKEN:
+            return reply
+        arrays = reply.content["arrays"]
+        state = {k: v.numpy() for k, v in arrays.to_torch_state_dict().items()}
+        if kind == "nan":
+            state["fc2.bias"][0] = np.nan
+        elif kind == "shape":
+            state["fc2.bias"] = np.zeros(3, np.float32)
+        metrics = reply.content["metrics"]
+        if kind == "metrics":
+            metrics = MetricRecord({"train_loss": 0.1})
+        return Message(RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(v)
+                                                          for k, v in state.items()}),
+                                   "metrics": metrics}), reply_to=message)
+    return app
+
+
+BROKEN = 1000  # LocalGrid.simulation's first node
+
+
+@pytest.mark.parametrize("kind,reason", [("nan", "non-finite"), ("shape", "fc2.bias"),
+                                         ("metrics", "num-examples")])
+def test_a_broken_reply_is_logged_counted_and_the_run_goes_on(kind, reason, flwr_warnings):
+    grid = LocalGrid.simulation(broken_client(kind), 3)
+    strategy = FedAvg(min_available_nodes=3)
+    result = strategy.start(grid, ArrayRecord(Net().state_dict()), num_rounds=2,
+                            train_config=ConfigRecord({"lr": 0.01}))
+    warnings = flwr_warnings
+    named = [w for w in warnings if f"node {BROKEN}" in w and reason in w]
+    assert len(named) == 2, warnings  # once a round
+    for server_round in (1, 2):
+        metrics = result.train_metrics_clientapp[server_round]
+        assert metrics["num-rejected"] == 1
+        assert math.isfinite(metrics["train_loss"])
+    assert all(np.isfinite(v).all() for v in
+               (a.numpy() for a in result.arrays.values()))
+
+
+def test_a_round_whose_every_reply_is_dropped_keeps_the_model(flwr_warnings):
+    def all_nan(message: Message, context: Context) -> Message:
+        reply = quickstart_client(message, context)
+        if message.metadata.message_type == "train":
+            state = {k: torch.full(v.shape, float("nan"))
+                     for k, v in reply.content["arrays"].to_torch_state_dict().items()}
+            reply.content["arrays"] = ArrayRecord(state)
+        return reply
+
+    initial = ArrayRecord(Net().state_dict())
+    strategy = FedAvg(min_available_nodes=2)
+    grid = LocalGrid.simulation(all_nan, 2)
+    result = strategy.start(grid, initial, num_rounds=1, train_config=ConfigRecord({"lr": 0.01}))
+    assert result.train_metrics_clientapp[1]["num-rejected"] == 2
+    evaluated = [m.content["arrays"] for m in grid.sent if m.metadata.message_type == "evaluate"]
+    assert len(evaluated) == 2 and all(  # the clients evaluate the model they were sent
+        np.array_equal(record[k].numpy(), initial[k].numpy())
+        for record in evaluated for k in initial)
+    assert any("keeping the previous global model" in line for line in flwr_warnings)
+
+
+@pytest.mark.slow
+def test_the_readme_app_runs_in_flower_s_simulation_engine():
+    """The README's app with FedMerge in ``run_simulation`` (Ray): 4 SuperNodes running
+    the quickstart ClientApp."""
+    main = server_main(STRATEGY_LINES["FedMerge"])
+    finals = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def wrapped(grid, context):
+        context.run_config.update(RUN_CONFIG)
+        main(grid, context)
+        finals.append(context.state["final"])
+
+    run_simulation(server_app=server_app, client_app=quickstart_client, num_supernodes=4,
+                   backend_config={"client_resources": {"num_cpus": 1}})
+    (final,) = finals
+    assert set(final) == set(Net().state_dict())
