@@ -164,6 +164,7 @@ class InstructResult:
     accuracy: float | None  # exact match of greedy generation (label-as-response data)
     num_examples: int
     macro_f1: float | None = None
+    predicted_class_max_share: float | None = None  # of the read labels (-1: unreadable)
 
     @property
     def perplexity(self) -> float:
@@ -198,7 +199,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
     accuracy = sum(t == p for t, p in zip(truth, predicted)) / count
     f1 = f1_score(truth, predicted, labels=list(range(len(label_names))), average="macro",
                   zero_division=0.0)
-    return InstructResult(total / max(tokens, 1), accuracy, count, float(f1))
+    from pollen.training import predicted_class_max_share
+
+    return InstructResult(total / max(tokens, 1), accuracy, count, float(f1),
+                          predicted_class_max_share(predicted))
 
 
 def generate(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],

@@ -253,6 +253,16 @@ def macro_f1(truth: torch.Tensor, predicted: torch.Tensor) -> float:
     return sum(scores) / len(scores)
 
 
+ONE_CLASS_SHARE = 0.95  # a model predicting one class this often is reported (server_app)
+
+
+def predicted_class_max_share(predicted: list[int] | torch.Tensor) -> float:
+    """The share of the examples given the most frequent prediction: near the majority
+    class's share (or 1) is a model that has learnt the label prior, not the task."""
+    values = torch.as_tensor(predicted)
+    return float(torch.unique(values, return_counts=True)[1].max()) / len(values)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
     model.to(device).eval()
@@ -270,7 +280,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> Eval
     truth_all, predicted_all = torch.cat(truth), torch.cat(predicted)
     count = len(truth_all)
     return EvalResult(total_loss / count, float((truth_all == predicted_all).sum()) / count,
-                      count, {"macro_f1": macro_f1(truth_all, predicted_all)})
+                      count, {"macro_f1": macro_f1(truth_all, predicted_all),
+                              "predicted_class_max_share":
+                                  predicted_class_max_share(predicted_all)})
 
 
 Evaluate = Callable[[nn.Module, DataLoader, torch.device], EvalResult]
@@ -292,6 +304,7 @@ def evaluator_for(modality: str, model_name: str, response_labels: tuple[str, ..
         metrics = {"perplexity": result.perplexity}
         if result.macro_f1 is not None:
             metrics["macro_f1"] = result.macro_f1
+            metrics["predicted_class_max_share"] = result.predicted_class_max_share
         return EvalResult(result.loss, result.accuracy, result.num_examples, metrics)
 
     return evaluate_instruct

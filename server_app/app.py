@@ -33,7 +33,7 @@ from pollen.server_data import load_server_data
 from pollen.training import EvalResult, evaluator_for, make_loader, torch_dataset
 from server_app.checkpoints import latest_checkpoint, restore_rng, save_checkpoint
 from server_app.outputs import RunOutputs
-from server_app.rounds import run_round
+from server_app.rounds import one_class, one_class_warning, run_round
 from strategies import build_strategy, default_run_config, method_of, run_config
 from strategies.base import PollenStrategy
 from strategies.directory import ClientDirectory
@@ -222,8 +222,11 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         "model_parameters": parameters[next(iter(parameters))]["model"],
         **({"family_parameters": parameters} if len(parameters) > 1 else {}),
         "saved_models": sorted(saved_models),
+        "one_class_rounds": [row["round"] for row in rows if one_class(row)],
     })
     outputs.plot()
+    if one_class_rows := [row for row in rows if one_class(row)]:
+        log(WARNING, "run finished with a warning: %s", one_class_warning(one_class_rows))
     log(INFO, "run finished: final global accuracy %s, loss %.4f; outputs in %s",
         _shown(rows[-1]["eval_accuracy"]), rows[-1]["eval_loss"], outputs.run_dir)
     return outputs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from pollen.config import RunConfig
 from pollen.exchange import exchange
 from pollen.records import array_bytes, encode_records
-from pollen.training import EvalResult
+from pollen.training import ONE_CLASS_SHARE, EvalResult
 from strategies.base import PollenStrategy
 from strategies.validation import REJECTED_KEY
 
@@ -94,6 +94,27 @@ def _per_family(strategy: PollenStrategy, server_evals: dict[str, EvalResult],
     return fields
 
 
+SHARE = "predicted_class_max_share"
+
+
+def one_class(row: dict) -> bool:
+    """Whether the round's global model gave one class to at least ``ONE_CLASS_SHARE``
+    of the server's test examples."""
+    return row.get(SHARE) is not None and row[SHARE] >= ONE_CLASS_SHARE
+
+
+def one_class_warning(rows: list[dict]) -> str:
+    """What a majority-class model means and which keys change it, for ``rows`` (the
+    rounds that ended with one)."""
+    shares = ", ".join(f"round {r['round']}: {r[SHARE]:.0%}" for r in rows)
+    return (f"the global model predicts one class for most of the server's test examples "
+            f"({shares}): it has learnt the label prior, not the task, which is what "
+            "strongly label-skewed clients (each holding mostly one class) do to an "
+            "average of their models; its accuracy is the majority class's share. Keys to "
+            "change: optimizer (sgd), lr (lower), local-epochs or max-steps (fewer local "
+            "steps), fraction-train (more clients a round)")
+
+
 def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_round: int,
               evaluate_global: Callable[[], dict[str, EvalResult]]) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row.
@@ -146,7 +167,10 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         "eval_loss": sum(e.loss for e in server_evals.values()) / len(server_evals),
         "eval_accuracy": _mean([e.accuracy for e in server_evals.values()]),
         **{f"eval_{name}": _mean([e.metrics.get(name) for e in server_evals.values()])
-           for name in next(iter(server_evals.values())).metrics},
+           for name in next(iter(server_evals.values())).metrics if name != SHARE},
+        # The most one-sided family's: a family that predicts one class is reported.
+        SHARE: max((e.metrics[SHARE] for e in server_evals.values() if SHARE in e.metrics),
+                   default=None),
         "client_accuracy": _metric(eval_metrics, "eval_accuracy"),
         "client_loss": _metric(eval_metrics, "eval_loss"),
         "client_accuracy_per_client_mean": _mean(
@@ -186,6 +210,8 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     row.update({("client_" + k.removeprefix("eval_") if k.startswith("eval_") else k): float(v)
                 for k, v in (eval_metrics or {}).items() if k not in _CLIENT_EVAL_KEYS})
     row.update(strategy_fields)
+    if one_class(row):
+        log(WARNING, "%s", one_class_warning([row]))
     log(INFO, "[round %d/%d] global accuracy %s, loss %.4f (server test) | clients %s | "
         "train loss %s | %d replies, %d failures | %.1fs", server_round,
         config.num_server_rounds,

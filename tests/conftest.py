@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 
 # Tests never touch the network: the Hugging Face libraries read these at import time.
@@ -49,3 +50,14 @@ def ag_news() -> Path:
     if not AG_NEWS.is_file():
         pytest.skip(f"{AG_NEWS} is not present")
     return AG_NEWS
+
+
+@pytest.fixture
+def flwr_warnings():
+    """WARNING lines of Flower's logger (it does not propagate to the root logger)."""
+    lines: list[str] = []
+    handler = logging.Handler(level=logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("flwr").addHandler(handler)
+    yield lines
+    logging.getLogger("flwr").removeHandler(handler)

@@ -3,10 +3,8 @@ with Flower's quickstart-pytorch ClientApp (``tests/quickstart``), for each stra
 the README gives. Every round trains (its train metrics are aggregated) and the final
 model beats the initial one on the app's own ``evaluate_fn``."""
 
-import logging
 import math
 import re
-from logging import WARNING
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +94,6 @@ def test_a_missing_server_piece_is_named_at_construction():
         exec(CODE, namespace)
         with pytest.raises(ValueError, match=needs):
             eval(line, namespace)
-
-
-@pytest.fixture
-def flwr_warnings():
-    """WARNING lines of Flower's logger (it does not propagate to the root logger)."""
-    lines: list[str] = []
-    handler = logging.Handler(level=WARNING)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger("flwr").addHandler(handler)
-    yield lines
-    logging.getLogger("flwr").removeHandler(handler)
 
 
 def broken_client(kind: str):
