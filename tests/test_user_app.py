@@ -96,6 +96,19 @@ def test_a_missing_server_piece_is_named_at_construction():
             eval(line, namespace)
 
 
+@pytest.mark.parametrize("name", ["FamilyFedAvg", "HetLoRA", "HeteroTune", "Mosaic"])
+def test_methods_that_need_pollen_s_client_say_so_at_construction(name):
+    import strategies.fedavg_per_family.strategy as per_family
+    import strategies.heterotune.strategy as heterotune
+    import strategies.hetlora.strategy as hetlora
+    import strategies.mosaic.strategy as mosaic
+
+    modules = {"FamilyFedAvg": per_family, "HetLoRA": hetlora, "HeteroTune": heterotune,
+               "Mosaic": mosaic}
+    with pytest.raises(ValueError, match="Pollen's client app"):
+        getattr(modules[name], name)(fraction_train=0.5)
+
+
 def broken_client(kind: str):
     """The quickstart's client, except on node ``BROKEN``, whose train reply is broken."""
     def app(message: Message, context: Context) -> Message:

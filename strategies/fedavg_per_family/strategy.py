@@ -43,6 +43,20 @@ class FamilyFedAvg(PollenStrategy):
     """Per-family FedAvg with nothing shared: the ``fedavg-per-family`` baseline."""
 
     checks_values = False  # replies are grouped by family before any mean
+
+    def __new__(cls, *args, directory=None, **kwargs):
+        """Refused without Pollen's client directory: each client must say its family
+        (and, for HeteroTune and Mosaic, run their own layers), which only Pollen's
+        client app does."""
+        if directory is None:
+            raise ValueError(
+                f"{cls.__name__} federates clients of several backbones: each client says "
+                "its family and runs the method's own layers in Pollen's client app "
+                "(client_app.app), which a plain Flower ClientApp does not. Run it through "
+                "Pollen's server app (run config strategy = 'fedavg-per-family', 'hetlora', "
+                "'heterotune' or 'mosaic', with model-families)")
+        return super().__new__(cls)
+
     def __init__(self, *, initial_models: dict[str, Tensors], **kwargs) -> None:
         self.families = sorted(initial_models)
         self.family_tensors, self.shared = self.split_models(initial_models)
