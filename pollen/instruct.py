@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pollen.errors import ConfigError
+from pollen.metrics import predicted_class_max_share
 
 IGNORE_INDEX = -100  # label of a token the loss skips (prompt, padding): torch's default
 TOKEN_COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -199,8 +200,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
     accuracy = sum(t == p for t, p in zip(truth, predicted)) / count
     f1 = f1_score(truth, predicted, labels=list(range(len(label_names))), average="macro",
                   zero_division=0.0)
-    from pollen.training import predicted_class_max_share
-
     return InstructResult(total / max(tokens, 1), accuracy, count, float(f1),
                           predicted_class_max_share(predicted))
 

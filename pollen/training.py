@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from pollen import instruct
 from pollen.adapters import load_travelling_state, travelling_state
 from pollen.device import autocast
+from pollen.metrics import predicted_class_max_share
 from pollen.optimizer import LocalOptimizer
 
 TEXT_FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -251,16 +252,6 @@ def macro_f1(truth: torch.Tensor, predicted: torch.Tensor) -> float:
         wrong = ((predicted == c) != (truth == c)).sum()  # FP + FN
         scores.append(float(2 * tp / (2 * tp + wrong)))
     return sum(scores) / len(scores)
-
-
-ONE_CLASS_SHARE = 0.95  # a model predicting one class this often is reported (server_app)
-
-
-def predicted_class_max_share(predicted: list[int] | torch.Tensor) -> float:
-    """The share of the examples given the most frequent prediction: near the majority
-    class's share (or 1) is a model that has learnt the label prior, not the task."""
-    values = torch.as_tensor(predicted)
-    return float(torch.unique(values, return_counts=True)[1].max()) / len(values)
 
 
 @torch.no_grad()

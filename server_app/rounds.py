@@ -18,8 +18,9 @@ from flwr.serverapp import Grid
 
 from pollen.config import RunConfig
 from pollen.exchange import exchange
+from pollen.metrics import ONE_CLASS_SHARE
 from pollen.records import array_bytes, encode_records
-from pollen.training import ONE_CLASS_SHARE, EvalResult
+from pollen.training import EvalResult
 from strategies.base import PollenStrategy
 from strategies.validation import REJECTED_KEY
 

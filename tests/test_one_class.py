@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from client_app.app import app as client_app
+from pollen.metrics import predicted_class_max_share
 from pollen.records import from_array_record, to_array_record
-from pollen.training import predicted_class_max_share
 from server_app.app import run
 from strategies import run_config
 from tests.localgrid import LocalGrid
