@@ -204,6 +204,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     saved_models = strategy.final_models()
     _save_models(saved_models, strategy, evaluator, outputs.run_dir)
     rows = outputs.read_metrics()
+    one_class_rows = [row for row in rows if one_class(row)]
     parameters = {family: {"travelling": int(sum(a.size for a in travelling_state(m).values())),
                            "model": int(sum(p.numel() for p in m.parameters()))}
                   for family, m in evaluator.models.items()}
@@ -222,10 +223,10 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         "model_parameters": parameters[next(iter(parameters))]["model"],
         **({"family_parameters": parameters} if len(parameters) > 1 else {}),
         "saved_models": sorted(saved_models),
-        "one_class_rounds": [row["round"] for row in rows if one_class(row)],
+        "one_class_rounds": [row["round"] for row in one_class_rows],
     })
     outputs.plot()
-    if one_class_rows := [row for row in rows if one_class(row)]:
+    if one_class_rows:
         log(WARNING, "run finished with a warning: %s", one_class_warning(one_class_rows))
     log(INFO, "run finished: final global accuracy %s, loss %.4f; outputs in %s",
         _shown(rows[-1]["eval_accuracy"]), rows[-1]["eval_loss"], outputs.run_dir)

@@ -48,7 +48,8 @@ from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_
 from pollen.seeding import derive_seed
 from strategies.aggregate import weighted_mean
 from strategies.directory import ClientDirectory, NodeDirectory, client_sort_key
-from strategies.validation import RejectedReply, check_values
+from strategies.validation import (RejectedReply, ValidatedUpdates, check_values,
+                                   metric_problem)
 
 StrategyState = dict  # {"tensors": dict[str, np.ndarray], "meta": JSON-able dict}
 # Where a reply's accuracy may stand: Pollen's name, then Flower's examples' names.
@@ -64,18 +65,6 @@ def metrics_of(reply: Message) -> MetricRecord:
     """A reply's one MetricRecord, whatever its key (Flower's examples and Pollen's
     clients call it ``metrics``)."""
     return next(iter(reply.content.metric_records.values()))
-
-
-def metric_problem(content: RecordDict, weight_key: str) -> str | None:
-    """Why a reply's metrics cannot be weighted (None: they can): Flower's contract is
-    one MetricRecord holding a positive ``weight_key``."""
-    records = list(content.metric_records.values())
-    if len(records) != 1:
-        return f"{len(records)} metric records, expected one"
-    weight = records[0].get(weight_key)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        return f"no positive '{weight_key}' (got {weight!r})"
-    return None
 
 
 def mean_of_reported(contents: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -161,8 +150,6 @@ class PollenStrategy(FedAvg):
         """Flower's ``Strategy.start()`` from ``initial_arrays``, with every training
         reply validated first (``validation.ValidatedUpdates``: dropped replies are
         logged with their node and reason and counted in the round's train metrics)."""
-        from strategies.validation import ValidatedUpdates
-
         self.begin(initial_arrays)
         return Strategy.start(ValidatedUpdates.around(self), grid, self.global_arrays,
                               num_rounds, timeout, train_config, evaluate_config, evaluate_fn)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -36,19 +36,29 @@ class RejectedReply(ValueError):
     """A reply that must not reach aggregation; the message says why."""
 
 
-def checked_structure(reply: Message, sent: Mapping[str, np.ndarray], weight_key: str,
-                      who: str = "client") -> Tensors:
-    """The reply's tensors (views where possible) if their names, shapes and dtypes are
-    what was sent and its example count is positive; RejectedReply otherwise."""
-    content = reply.content  # records by type without RecordDict's per-call filtered copies
-    if not isinstance(content.get(ARRAYS_KEY), ArrayRecord):
-        raise RejectedReply(f"reply of {who} carries no '{ARRAYS_KEY}' tensors")
+def metric_problem(content: RecordDict, weight_key: str) -> str | None:
+    """Why a reply's metrics cannot weight it (None: they can): Flower's contract is one
+    MetricRecord holding a positive, finite ``weight_key``."""
+    # Records by type, without RecordDict's per-call filtered copies (a hot path).
     metrics = [record for record in content.values() if isinstance(record, MetricRecord)]
     count = metrics[0].get(weight_key) if len(metrics) == 1 else None
     if (isinstance(count, bool) or not isinstance(count, (int, float))
             or not math.isfinite(count) or count <= 0):
-        raise RejectedReply(f"reply of {who} has no positive '{weight_key}' "
-                            f"in a single metric record (got {count!r})")
+        return (f"no positive '{weight_key}' in a single metric record "
+                f"({len(metrics)} record(s), got {count!r})")
+    return None
+
+
+def checked_structure(reply: Message, sent: Mapping[str, np.ndarray], weight_key: str,
+                      who: str = "client") -> Tensors:
+    """The reply's tensors (views where possible) if their names, shapes and dtypes are
+    what was sent and its example count is positive; RejectedReply otherwise."""
+    content = reply.content
+    if not isinstance(content.get(ARRAYS_KEY), ArrayRecord):
+        raise RejectedReply(f"reply of {who} carries no '{ARRAYS_KEY}' tensors")
+    problem = metric_problem(content, weight_key)
+    if problem:
+        raise RejectedReply(f"reply of {who} has {problem}")
     try:
         received = array_views(content[ARRAYS_KEY])
     except Exception as error:  # undecodable bytes: whatever numpy raises, reject

@@ -190,3 +190,31 @@ def test_the_readme_app_runs_in_flower_s_simulation_engine():
                    backend_config={"client_resources": {"num_cpus": 1}})
     (final,) = finals
     assert set(final) == set(Net().state_dict())
+
+
+def evaluate_replies(metrics_by_node: dict[int, dict]) -> list[Message]:
+    """Hand-made evaluate replies from the given nodes, carrying the given metrics."""
+    LocalGrid({}, {})  # stamps messages with a task identity
+    replies = []
+    for node, metrics in metrics_by_node.items():
+        sent = Message(RecordDict({"config": ConfigRecord()}), message_type="evaluate",
+                       dst_node_id=node)
+        sent.metadata.__dict__["_message_id"] = f"m{node}"
+        reply = Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=sent)
+        reply.metadata.__dict__["_src_node_id"] = node
+        replies.append(reply)
+    return replies
+
+
+def test_metrics_are_weighted_over_the_replies_that_report_them(flwr_warnings):
+    """Node 1 reports accuracy and a loss, node 2 only a loss, node 3 no example count:
+    the accuracy is node 1's own, the loss the weighted mean of both, node 3 left out
+    with a warning (Flower's FedAvg would dilute the accuracy, or stop on the keys)."""
+    replies = evaluate_replies({1: {"num-examples": 30, "eval_acc": 0.9, "eval_loss": 1.0},
+                                2: {"num-examples": 10, "eval_loss": 2.0},
+                                3: {"eval_loss": 5.0}})
+    metrics = FedAvg().aggregate_evaluate(1, replies)
+    assert metrics["eval_acc"] == 0.9
+    assert metrics["eval_loss"] == 30 / 40 * 1.0 + 10 / 40 * 2.0
+    assert [line for line in flwr_warnings if "evaluate reply of node 3" in line
+            and "num-examples" in line]

@@ -182,25 +182,26 @@ class FedMerge(PollenStrategy):
         self.num_global_models = (len(global_models) if global_models
                                   else num_global_models)
         self.mu, self.lr_w, self.lr_theta = mu, lr_w, lr_theta
-        self.w_tensors, self.w_step = w_tensors, w_step
+        self.requested_w_tensors, self.w_tensors, self.w_step = w_tensors, w_tensors, w_step
         self.thetas: list[Tensors] = []
         self.w: dict[str, np.ndarray] = {}
         super().__init__(**kwargs)
 
     def begin(self, initial_arrays: ArrayRecord) -> None:
         """Theta_1..Theta_d (given, or ``shuffled_copies`` of ``initial_arrays``), W
-        empty, and ``w_tensors = auto`` resolved: the head when the tensors have one."""
+        empty, and ``w_tensors`` as asked, ``auto`` resolved from these tensors: the head
+        when they have one."""
         self.thetas = ([dict(t) for t in self.given_models] if self.given_models else
                        shuffled_copies(from_array_record(initial_arrays),
                                        self.num_global_models,
                                        derive_seed(self.seed, "fedmerge-theta")))
         has_head = bool(head_tensor_names(self.thetas[0]))
-        if self.w_tensors == "head" and not has_head:
+        if self.requested_w_tensors == "head" and not has_head:
             raise ConfigError("fedmerge.w-tensors = head, but the model has no classifier "
                               "head among its travelling tensors (a causal LM's LoRA): use "
                               "all or auto")
-        if self.w_tensors == "auto":
-            self.w_tensors = "head" if has_head else "all"
+        self.w_tensors = (self.requested_w_tensors if self.requested_w_tensors != "auto"
+                          else "head" if has_head else "all")
         self.w = {}
         self.global_arrays = to_array_record(self.uniform_merge())
 
