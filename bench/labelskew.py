@@ -3,6 +3,7 @@
     python -m bench.labelskew [--seeds 5,6,7] [--rounds 4] [--only NAME,...]
     python -m bench.labelskew probe
     python -m bench.labelskew grid [--rows default,sgd] [--seeds 0,1,2] [--tasks ...]
+                                   [--alphas 0.1,0.3]
 
 The held-out check's setting, on a two-class subset of AG News that keeps its class
 ratio (57.6% majority): Business (all 1,900 test rows) against Sci/Tech (1,400 of
@@ -62,6 +63,7 @@ VARIANTS = {
 GRID_ROWS = {
     "default": {},
     "sgd": {"optimizer": "sgd"},
+    "calibrated": {"logit-calibration": 1.0},  # FedLC's tau = 1, with AdamW
 }
 GRID_SETTING = {"model": "minilm", "partitioner": "dirichlet", "local-epochs": 1,
                 "server-data-fraction": 0.05, "fraction-evaluate": 0.0,
@@ -112,7 +114,8 @@ def majority_scores(labels: np.ndarray) -> tuple[float, float]:
 
 
 def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cells,
-         out_dir: Path, report_only: bool = False) -> Path:
+         out_dir: Path, report_only: bool = False,
+         alphas: tuple[float, ...] = GRID_ALPHAS) -> Path:
     from pollen.data import load_task
     from strategies import run_config
 
@@ -123,7 +126,7 @@ def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cel
              "The majority-class predictor's scores are given per task.", ""]
     for task in tasks:
         dataset = str(GRID_TASKS[task]())
-        for alpha in GRID_ALPHAS:
+        for alpha in alphas:
             keys = {**GRID_SETTING, "dataset": dataset, "dirichlet-alpha": alpha}
             seeds = drawable_seeds(keys, len(seeds_wanted), seeds_wanted[0])
             cell = f"{task} a{alpha:g}"
@@ -262,6 +265,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(VARIANTS))
     parser.add_argument("--rows", default=",".join(GRID_ROWS), help="grid: the recipes")
     parser.add_argument("--tasks", default=",".join(GRID_TASKS), help="grid: the tasks")
+    parser.add_argument("--alphas", default=",".join(map(str, GRID_ALPHAS)),
+                        help="grid: the Dirichlet alphas")
     parser.add_argument("--cells", type=Path, default=None,
                         help="the cells file (default pollen-runs/bench/labelskew-cells-"
                              "r<rounds>.json)")
@@ -275,7 +280,7 @@ def main() -> None:
     if args.suite == "grid":
         grid([int(s) for s in (args.seeds or "0,1,2").split(",")], args.rows.split(","),
              args.tasks.split(","), Cells(args.cells or DOCS / "labelskew-grid-cells.json"),
-             args.out, args.report_only)
+             args.out, args.report_only, tuple(float(a) for a in args.alphas.split(",")))
         return
     cells = Cells(args.cells or RUNS / f"labelskew-cells-r{args.rounds}.json")
     federated([int(s) for s in (args.seeds or "5,6,7").split(",")], args.rounds, args.only.split(","),

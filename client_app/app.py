@@ -14,15 +14,17 @@ import time
 _IMPORT_STARTED = time.time()  # the imports below are measured (startup_metrics)
 
 import psutil
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.job import ClientJob
+from client_app.job import ClientData, ClientJob
 from pollen.adapters import travelling_state
 from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, to_array_record
+from pollen.config import RunConfig
 from pollen.seeding import derive_seed
-from pollen.training import evaluator_for
+from pollen.training import calibration_shift, evaluator_for, label_counts
 from pollen.training import make_loader
 from pollen.training import train as train_model
 from strategies import method_of
@@ -59,6 +61,15 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"client": about}), reply_to=msg)
 
 
+def _calibration(config: RunConfig, data: ClientData) -> torch.Tensor | None:
+    """FedLC's logit shift from this client's train labels; a causal LM's instruction
+    tuning has no class logits, so ``logit-calibration`` applies to classifiers only."""
+    if config.logit_calibration <= 0 or data.modality == "instruct":
+        return None
+    return calibration_shift(label_counts(data.train, data.num_classes),
+                             config.logit_calibration)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     entered = time.perf_counter()
@@ -78,7 +89,8 @@ def train(msg: Message, context: Context) -> Message:
                          device=job.device,
                          proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
                          anchor=anchor, seed=seed, max_steps=config.max_steps,
-                         optimizer=config.local_optimizer)
+                         optimizer=config.local_optimizer,
+                         logit_shift=_calibration(config, job.data))
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds,
                             "peak_memory_mb": peak_memory_mb(job.device),

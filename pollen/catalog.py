@@ -41,6 +41,12 @@ RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32, "lora-target-modules": ENCO
                               "lora-target-modules": ENCODER_TARGETS},
                "causal": {"lr": 0.001, "batch-size": 8, "lora-target-modules": DECODER_TARGETS}}
 
+# Plain SGD's lr, for optimizer = sgd left at lr "auto". MiniLM with LoRA: 0.05 climbed
+# every round at every seed of the two-class Dirichlet 0.1 bench (docs/benchmarks.md
+# section 7) where 0.003 stalled near the majority rate.
+SGD_LR = {"cnn": 0.05, "tiny-bert": 0.05, "tiny-bert-w64": 0.05, "pretrained": 0.05,
+          "causal": 0.05}
+
 
 def is_causal(model_name: str, task: str) -> bool:
     """Whether ``model_name`` is built as a causal LM: the named ones always, ``hf:`` ids
@@ -49,11 +55,16 @@ def is_causal(model_name: str, task: str) -> bool:
         model_name.startswith("hf:") or model_name.endswith(".gguf")))
 
 
-def recommended(model_name: str, key: str, task: str = "classify") -> float | int | str:
+def recommended(model_name: str, key: str, task: str = "classify",
+                optimizer: str = "adamw") -> float | int | str:
     """The model's recommended value of ``key``; MiniLM (any depth) and ``hf:``
-    classifiers share the pretrained transformers' row, causal LMs theirs."""
+    classifiers share the pretrained transformers' row, causal LMs theirs. ``lr``
+    follows the optimizer too: ``RECOMMENDED`` holds AdamW's, ``SGD_LR`` plain SGD's."""
     row = "causal" if is_causal(model_name, task) else model_name
-    return RECOMMENDED.get(row, RECOMMENDED["pretrained"])[key]
+    row = row if row in RECOMMENDED else "pretrained"
+    if key == "lr" and optimizer == "sgd":
+        return SGD_LR[row]
+    return RECOMMENDED[row][key]
 
 
 def modality_of(model_name: str, task: str = "classify") -> str:

@@ -73,6 +73,8 @@ class RunConfig(Settings):
     optimizer: str = setting("adamw", one_of("adamw", "sgd"))
     momentum: float = setting(0.0, _momentum)
     weight_decay: float = setting(0.0, non_negative)
+    # FedLC's tau (pollen.training.calibration_shift): 0 trains on the plain logits.
+    logit_calibration: float = setting(0.0, non_negative)
     batch_size: int = setting(AUTO, at_least(1), auto=True)
     seed: int = setting(42)
     output_dir: str = setting("pollen-runs")
@@ -178,7 +180,8 @@ class RunConfig(Settings):
         for f in self._key_fields():
             if f.metadata["auto"] and getattr(self, f.name) == AUTO:
                 key = key_of(f.name)
-                object.__setattr__(self, f.name, recommended(self.model, key, self.task))
+                object.__setattr__(self, f.name, recommended(self.model, key, self.task,
+                                                             self.optimizer))
                 resolved[key] = self.model
         object.__setattr__(self, "recommended_by", tuple(sorted(resolved.items())))
 

@@ -136,17 +136,36 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor],
     return mu / 2 * sum((p - a).pow(2).sum() for p, a in zip(params, anchor, strict=True))
 
 
+def calibration_shift(label_counts: np.ndarray, tau: float) -> torch.Tensor:
+    """FedLC's logit calibration (Zhang et al., ICML 2022, eq. 9): a client trains on
+        softmax(f(x) - tau * n^(-1/4))_y,
+    n its per-class train counts, so a class it holds many examples of needs a larger
+    margin and one it lacks is barely pushed down. An absent class counts 1e-8 (the
+    public FedLC implementations' floor, FL-bench's), which puts its calibrated logit
+    100 tau below: its gradient is nearly zero, so a one-class client stops teaching the
+    global head that the other classes never occur. Returns the shift tau * n^(-1/4)."""
+    counts = np.maximum(np.asarray(label_counts, dtype=np.float64), 1e-8)
+    return torch.from_numpy(tau * counts ** -0.25).float()
+
+
+def label_counts(split: datasets.Dataset, num_classes: int) -> np.ndarray:
+    """Examples per class of a split with an integer ``label`` column."""
+    return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=num_classes)
+
+
 def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
           device: torch.device, proximal_mu: float = 0.0,
           anchor: list[torch.Tensor] | None = None, seed: int = 0,
-          max_steps: int = 0, optimizer: LocalOptimizer = LocalOptimizer()) -> TrainResult:
+          max_steps: int = 0, optimizer: LocalOptimizer = LocalOptimizer(),
+          logit_shift: torch.Tensor | None = None) -> TrainResult:
     """``optimizer`` (AdamW by default) on the trainable parameters for ``epochs`` passes,
     or with ``max_steps`` > 0 for exactly that many steps (passes repeat as needed;
     FlowerTune's ``max-steps``).
 
     With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - a||^2 over the trainable
     parameters: a = ``anchor`` (a ``trainable_snapshot``) when given, else the values on
-    entry (FedProx's proximal term).
+    entry (FedProx's proximal term). A classifier's loss reads its logits minus
+    ``logit_shift`` (``calibration_shift``); the reported loss is that calibrated one.
     """
     torch.manual_seed(seed)
     model.to(device).train()
@@ -163,7 +182,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
     for _ in itertools.count() if max_steps else range(epochs):
         for batch in loader:
             with autocast(device):
-                loss = batch_loss(model, batch, device)
+                loss = batch_loss(model, batch, device, logit_shift)
             objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
             step_rule.zero_grad(set_to_none=True)
             objective.backward()
@@ -225,10 +244,11 @@ class ServerTraining:
         return travelling_state(self.model), result.loss
 
 
-def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor],
-               device: torch.device) -> torch.Tensor:
-    """The training loss of a batch: cross-entropy of the class logits, or for a causal
-    LM's token batch (``labels``) the mean cross-entropy of its response tokens.
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+               logit_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of a batch: cross-entropy of the class logits (minus
+    ``logit_shift`` when given), or for a causal LM's token batch (``labels``) the mean
+    cross-entropy of its response tokens.
 
     Instruction tuning runs in this loop rather than trl's SFTTrainer: a trainer built
     per Flower round re-creates its accelerator, optimizer and data pipeline every round,
@@ -236,8 +256,10 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     the masked labels come from ``pollen.instruct.tokenise``."""
     if "labels" in batch:
         return instruct.response_loss(model, batch, device)[0].float()
-    return nn.functional.cross_entropy(logits_of(model, batch, device).float(),
-                                       batch["label"].to(device))
+    logits = logits_of(model, batch, device).float()
+    if logit_shift is not None:
+        logits = logits - logit_shift.to(device)
+    return nn.functional.cross_entropy(logits, batch["label"].to(device))
 
 
 def macro_f1(truth: torch.Tensor, predicted: torch.Tensor) -> float:

@@ -8,7 +8,9 @@ from pollen.data import client_split, load_task
 from pollen.errors import ConfigError
 from pollen.models import build_model
 from pollen.optimizer import LocalOptimizer
-from pollen.training import batch_loss, evaluate, make_loader, torch_dataset, train
+from pollen.catalog import SGD_LR
+from pollen.training import (batch_loss, calibration_shift, evaluate, make_loader,
+                             torch_dataset, train)
 from strategies import run_config
 
 CPU = torch.device("cpu")
@@ -104,3 +106,31 @@ def test_the_step_schedule_drops_to_lr_min_at_lr_step_round():
         run_config({"lr-schedule": "step", "lr": 0.01, "num-server-rounds": 5})
     with pytest.raises(ConfigError, match="lr-min .* must be below lr .* 'step'"):
         run_config({"lr-schedule": "step", "lr": 0.01, "lr-min": 0.1, "lr-step-round": 2})
+
+
+def test_logit_calibration_is_fedlc_s_loss_on_a_hand_made_batch():
+    """FedLC: the loss of logits f with label y is -log softmax(f - tau n^(-1/4))_y, an
+    absent class counting 1e-8. Two examples, three classes, counts (16, 1, 0), tau 2."""
+    shift = calibration_shift(np.array([16, 1, 0]), 2.0)
+    torch.testing.assert_close(shift, torch.tensor([1.0, 2.0, 200.0]))
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, inputs):
+            return logits
+
+    batch = {"inputs": torch.zeros(2), "label": torch.tensor([0, 1])}
+    calibrated = logits - torch.tensor([1.0, 2.0, 200.0])  # [[1, -1.5, -199], [-1, 1, -201]]
+    by_hand = -(torch.log(torch.exp(calibrated[0, 0]) / torch.exp(calibrated[0]).sum())
+                + torch.log(torch.exp(calibrated[1, 1]) / torch.exp(calibrated[1]).sum())) / 2
+    loss = batch_loss(Fixed(), batch, CPU, shift)
+    torch.testing.assert_close(loss, by_hand)
+    # first example: log(1 + e^-2.5 + e^-200), second: log(1 + e^-2 + e^-202)
+    assert loss.item() == pytest.approx((np.log1p(np.exp(-2.5)) + np.log1p(np.exp(-2))) / 2)
+    assert batch_loss(Fixed(), batch, CPU).item() > loss.item() + 0.15  # 0.265 uncalibrated
+
+
+def test_lr_auto_follows_the_optimizer():
+    assert run_config({"model": "minilm"}).lr == 0.003
+    assert run_config({"model": "minilm", "optimizer": "sgd"}).lr == SGD_LR["pretrained"]
+    assert run_config({"model": "minilm", "optimizer": "sgd", "lr": 0.2}).lr == 0.2
