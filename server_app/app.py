@@ -191,6 +191,7 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
         for name, record in strategy.round_records(server_round).items():
             outputs.append_jsonl(name, record)
         for name, content in strategy.round_files(server_round).items():
+            (outputs.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (outputs.run_dir / name).write_bytes(content)
         if (server_round % config.checkpoint_every == 0
                 or server_round == config.num_server_rounds):

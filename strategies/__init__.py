@@ -29,10 +29,12 @@ from strategies.fedmerge.strategy import FedMerge
 from strategies.fedprox.strategy import FedProx
 from strategies.fedref.strategy import FedRef
 from strategies.guided.strategy import GuidedMerge
+from strategies.proximal import ProximalTerm
 from strategies.spec import MethodSpec, ServerSetup
 from strategies.validation import ValidatedUpdates
 
-__all__ = ["Central", "FedAvg", "FedMerge", "FedProx", "FedRef", "GuidedMerge", "METHODS"]
+__all__ = ["Central", "FedAvg", "FedMerge", "FedProx", "FedRef", "GuidedMerge", "METHODS",
+           "ProximalTerm"]
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     fedavg.SPEC,

@@ -1,5 +1,6 @@
 """Mosaic: generator losses, prototypes, experts, meta model, distillation, stages."""
 
+import io
 import json
 import math
 
@@ -273,6 +274,7 @@ def test_do_no_harm_distils_only_when_the_teacher_beats_the_student_on_held_out_
     # held out of the generator round's prototypes only (3 clients x 12)
     assert fields["mosaic_heldout_prototypes"] == round(0.2 * 3 * 12)
     assert "mosaic_distill_kl_after" in fields and learner.distilled
+    assert fields["mosaic_gate"] == "teacher"
     # A student whose head is already perfect on them: nothing to gain, FedAvg is kept,
     # even though the warm-up round's prototypes (an earlier model's features) would fool
     # it: they train the meta model but are never held out for the gate.
@@ -283,6 +285,17 @@ def test_do_no_harm_distils_only_when_the_teacher_beats_the_student_on_held_out_
     assert fields["mosaic_student_heldout_accuracy"] == 1.0
     assert "does not beat the student" in fields["mosaic_distillation_skipped"]
     assert "mosaic_distill_kl_after" not in fields and not expert.distilled
+    assert fields["mosaic_gate"] == "student"
+    # What the generators made is shown either way (#35): the PNG and each generator's
+    # samples, identical for both strategies (same seed, same generators).
+    for strategy in (learner, expert):
+        files = strategy.round_files(2)
+        assert files["mosaic-generated.png"].startswith(b"\x89PNG")
+        assert sorted(files) == ["mosaic-generated.png", "samples/0.npy", "samples/1.npy",
+                                 "samples/2.npy"]
+        assert np.load(io.BytesIO(files["samples/0.npy"])).shape[0] == 10
+        assert strategy.round_files(3) == {}
+    assert learner.round_files(2) == expert.round_files(2)
     for name, value in head.items():  # the mean of equal heads, undistilled
         np.testing.assert_array_equal(expert.family_tensors["cnn"][name], value)
 
@@ -384,6 +397,9 @@ def test_across_two_widths_the_student_family_is_distilled_on_its_own_inputs(tmp
     assert first["family_accuracy"]["tiny-bert-w64"] == pytest.approx(
         first["mosaic_accuracy_after_distillation"])
     assert not (outputs.run_dir / "mosaic-generated.png").exists()  # text: no image grid
+    samples = sorted(p.name for p in (outputs.run_dir / "samples").iterdir())
+    assert samples == ["0.npy", "1.npy", "2.npy", "3.npy"]  # input embeddings
+    assert first["mosaic_gate"] == "off"
 
 
 def test_generators_take_each_family_s_inputs():

@@ -14,9 +14,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from strategies import FedAvg
+from strategies import FedAvg, FedProx, ProximalTerm
 from tests.localgrid import LocalGrid
 from tests.quickstart.client_app import app as quickstart_client
+from tests.quickstart.client_app import proximal_app as proximal_client
 from tests.quickstart.task import Net
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -218,3 +219,56 @@ def test_metrics_are_weighted_over_the_replies_that_report_them(flwr_warnings):
     assert metrics["eval_loss"] == 30 / 40 * 1.0 + 10 / 40 * 2.0
     assert [line for line in flwr_warnings if "evaluate reply of node 3" in line
             and "num-examples" in line]
+
+
+def _state_distance(a: dict, b: dict) -> float:
+    return float(sum(((a[k] - b[k]) ** 2).sum() for k in a))
+
+
+@pytest.mark.parametrize("name,mu,anchor_key", [("FedProx", 0.01, "arrays"),
+                                                ("FedRef", 0.01, "reference"),
+                                                ("FedMerge", 2 * 0.01, "arrays")])
+def test_the_proximal_term_helper_is_what_each_strategy_asks_for(name, mu, anchor_key):
+    """The README app with the quickstart client that adds ``ProximalTerm``: in the last
+    round's train message the term is (mu/2) ||w - a||^2 with each method's mu (FedMerge
+    sends 2 mu) and anchor (FedRef's reference once its warm-up of p = 2 rounds is over,
+    else the sent arrays), at a model moved away from the anchor by hand."""
+    main = server_main(STRATEGY_LINES[name])
+    grid = LocalGrid.simulation(proximal_client, 4)
+    run_main(main, grid)
+    last = [m for m in grid.sent if m.metadata.message_type == "train"][-1]
+    assert last.content["config"]["proximal-mu"] == pytest.approx(mu)
+    anchor = {k: v.float() for k, v in last.content[anchor_key].to_torch_state_dict().items()}
+    if name == "FedRef":
+        assert anchor_key in last.content.array_records and not torch.equal(
+            anchor["fc2.bias"], last.content["arrays"].to_torch_state_dict()["fc2.bias"])
+    model = Net()
+    moved = {k: v + 0.1 * torch.arange(v.numel()).reshape(v.shape) / v.numel()
+             for k, v in anchor.items()}
+    model.load_state_dict(moved)
+    term = ProximalTerm.from_message(last)(model)
+    assert term.item() == pytest.approx(mu / 2 * _state_distance(moved, anchor), rel=1e-5)
+    term.backward()  # the gradient is mu (w - a)
+    torch.testing.assert_close(model.fc2.bias.grad, mu * (moved["fc2.bias"] - anchor["fc2.bias"]))
+
+
+def test_the_proximal_term_holds_the_clients_near_the_global():
+    """FedProx at mu = 10 with the helper: round 1's global moves less than half as far as
+    with the plain quickstart client (mu changes nothing without the helper)."""
+    initial = ArrayRecord(Net().state_dict())
+    moved = []
+    for client in (quickstart_client, proximal_client):
+        strategy = FedProx(min_available_nodes=2, proximal_mu=10.0)
+        result = strategy.start(LocalGrid.simulation(client, 2), initial, num_rounds=1,
+                                train_config=ConfigRecord({"lr": 0.01}))
+        moved.append(_state_distance(result.arrays.to_torch_state_dict(),
+                                     initial.to_torch_state_dict()))
+    assert moved[1] < 0.5 * moved[0], moved
+
+
+def test_no_proximal_mu_means_no_term():
+    model = Net()
+    message = Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                                  "config": ConfigRecord({"lr": 0.01})}),
+                      message_type="train", dst_node_id=1)
+    assert ProximalTerm.from_message(message)(model).item() == 0.0

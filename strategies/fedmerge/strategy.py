@@ -163,9 +163,10 @@ class FedMerge(PollenStrategy):
     given; else ``start()`` derives ``num_global_models`` of them from its initial arrays
     (``shuffled_copies``).
 
-    A plain Flower ClientApp works with it: it trains from its own merge theta_i0 and
-    ignores ``proximal-mu``, so the mu ||theta - theta_i0||^2 term is lost; W's rows are
-    then keyed by node id (a restarted SuperNode starts a fresh row)."""
+    A plain Flower ClientApp works with it: it trains from its own merge theta_i0; the
+    mu ||theta - theta_i0||^2 term needs one line in its training loop
+    (``strategies.ProximalTerm``), and without it is lost. W's rows are then keyed by
+    node id (a restarted SuperNode starts a fresh row)."""
 
     checks_values = False  # its updates are deltas to each client's own merge
 

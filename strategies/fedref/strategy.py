@@ -71,8 +71,9 @@ class FedRef(PollenStrategy):
     client-prox is off) and ``recency_weighted`` (reference-weights = recency).
 
     A plain Flower ClientApp works with it: the server step (warm-up, reference, MAP
-    pull) is whole, but the client ignores ``reference`` and ``proximal-mu``, so the
-    client's pull towards the reference is lost (``client_mu=0`` says so explicitly)."""
+    pull) is whole; the client's pull towards the reference needs one line in its
+    training loop (``strategies.ProximalTerm``), and without it is lost (``client_mu=0``
+    says so explicitly)."""
 
     def __init__(self, *, p: int = DEFAULTS.p, lam: float = DEFAULTS.lambda_,
                  client_mu: float = DEFAULTS.mu if DEFAULTS.client_prox else 0.0,

@@ -130,7 +130,7 @@ class Mosaic(FamilyFedAvg):
         self.skipped: list[dict] = []
         self.distilled = False
         self.fields: dict = {}
-        self.figure: bytes | None = None
+        self.files: dict[str, bytes] = {}  # the generator round's samples
         self.current_round = 0
 
     def stage(self, server_round: int) -> str:
@@ -284,6 +284,7 @@ class Mosaic(FamilyFedAvg):
 
     def _distill(self, server_round: int) -> None:
         started = time.perf_counter()
+        self.files = sample_files(self.generators, self.signatures, self.seed)
         usable = {client: g for client, (family, g) in self.generators.items()
                   if self.signatures[family] == self.signatures[self.student]}
         if not usable:
@@ -320,7 +321,9 @@ class Mosaic(FamilyFedAvg):
                            mosaic_meta_prototype_accuracy=meta_accuracy,
                            **self._test_accuracy("teacher_accuracy", None),
                            **self._test_accuracy("accuracy_before_distillation", before))
-        if self.settings.do_no_harm and not self._teacher_beats_student(heldout, before):
+        if not self.settings.do_no_harm:
+            self.fields["mosaic_gate"] = "off"
+        elif not self._teacher_beats_student(heldout, before):
             log(WARNING, "mosaic: %s", self.fields["mosaic_distillation_skipped"])
             return
         result = distill(self.teacher, self.models[self.student], before,
@@ -333,8 +336,6 @@ class Mosaic(FamilyFedAvg):
         self.family_tensors[self.student] = result.tensors
         self.global_arrays = to_array_record(self.flat())
         self.distilled = True
-        if self.signatures[self.student][0] == "image":
-            self.figure = generated_grid(self.generators, self.seed)
         self.fields.update(
             mosaic_distill_loss_first=result.loss_first,
             mosaic_distill_loss_last=result.loss_last,
@@ -387,6 +388,7 @@ class Mosaic(FamilyFedAvg):
         self.fields.update(mosaic_heldout_prototypes=len(labels),
                            mosaic_teacher_heldout_accuracy=teacher,
                            mosaic_student_heldout_accuracy=student_accuracy)
+        self.fields["mosaic_gate"] = "teacher" if teacher > student_accuracy else "student"
         if teacher <= student_accuracy:
             self.fields["mosaic_distillation_skipped"] = (
                 f"do-no-harm: the teacher ({teacher:.4f}) does not beat the student "
@@ -398,9 +400,7 @@ class Mosaic(FamilyFedAvg):
         return {**self.family_metrics, **self.fields}
 
     def round_files(self, server_round: int) -> dict[str, bytes]:
-        if self.figure is None or self.stage(server_round) != GENERATOR:
-            return {}
-        return {"mosaic-generated.png": self.figure}
+        return self.files if self.stage(server_round) == GENERATOR else {}
 
     def state_dict(self) -> StrategyState:
         state = super().state_dict()
@@ -469,22 +469,42 @@ def split_prototypes(prototypes: list[tuple[str, np.ndarray, np.ndarray]], fract
     return kept, heldout
 
 
-def generated_grid(generators: dict[str, tuple[str, nn.Module]], seed: int,
-                   per_client: int = 10) -> bytes:
+def sample_files(generators: dict[str, tuple[str, nn.Module]], signatures: dict[str, tuple],
+                 seed: int, per_client: int = 10) -> dict[str, bytes]:
+    """What the generators made, written whether or not the gate distils:
+    ``samples/<client>.npy`` (``per_client`` seeded samples of each client's generator:
+    images, or a text family's input embeddings) and, when some family takes images,
+    ``mosaic-generated.png`` of those."""
+    samples, images = {}, {}
+    for client, (family, generator) in sorted(generators.items()):
+        device = next(generator.parameters()).device
+        samples[client] = sample(generator, per_client, derive_seed(seed, "mosaic-grid", client),
+                                 device).detach().cpu().numpy()
+        if signatures[family][0] == "image":
+            images[client] = samples[client]
+    files = {}
+    for client, values in samples.items():
+        buffer = io.BytesIO()
+        np.save(buffer, values)
+        files[f"samples/{client}.npy"] = buffer.getvalue()
+    if images:
+        files["mosaic-generated.png"] = generated_grid(images)
+    return files
+
+
+def generated_grid(samples: dict[str, np.ndarray]) -> bytes:
     """A PNG: one row of generated digits per client's generator."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clients = sorted(generators)
+    clients = sorted(samples)
+    per_client = max(len(v) for v in samples.values())
     figure, axes = plt.subplots(len(clients), per_client, squeeze=False,
                                 figsize=(per_client * 0.6, len(clients) * 0.7))
     for row, client in enumerate(clients):
-        _, generator = generators[client]
-        device = next(generator.parameters()).device
-        images = sample(generator, per_client, derive_seed(seed, "mosaic-grid", client),
-                        device).cpu().view(-1, 8, 8).numpy()
+        images = samples[client].reshape(-1, 8, 8)
         for column, image in enumerate(images):
             axis = axes[row][column]
             axis.imshow(image, cmap="gray_r", vmin=0.0, vmax=1.0)

@@ -61,7 +61,8 @@ def load_server_data() -> list:
     return [(row["img"].float(), row["label"]) for row in rows]
 
 
-def train(net, trainloader, epochs, lr, device):
+def train(net, trainloader, epochs, lr, device, proximal=None):
+    """``proximal``: a strategy's proximal term (``strategies.ProximalTerm``), or None."""
     net.to(device)
     criterion = torch.nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -71,7 +72,8 @@ def train(net, trainloader, epochs, lr, device):
         for images, labels in trainloader:
             optimizer.zero_grad()
             loss = criterion(net(images.to(device)), labels.to(device))
-            loss.backward()
+            objective = loss + proximal(net) if proximal is not None else loss
+            objective.backward()
             optimizer.step()
             running_loss += loss.item()
     return running_loss / (epochs * len(trainloader))
