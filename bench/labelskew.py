@@ -2,6 +2,7 @@
 
     python -m bench.labelskew [--seeds 5,6,7] [--rounds 4] [--only NAME,...]
     python -m bench.labelskew probe
+    python -m bench.labelskew sgd-lr
     python -m bench.labelskew grid [--rows default,sgd] [--seeds 0,1,2] [--tasks ...]
                                    [--alphas 0.1,0.3]
 
@@ -23,6 +24,10 @@ probe: MiniLM frozen, 800 texts of the subset: a logistic-regression probe (trai
 over [CLS] (what transformers' BertForSequenceClassification's head reads), the [CLS]
 state, and the attention-masked mean (how all-MiniLM-L6-v2 was trained), with each
 reading's spread (mean std per dimension). About 30 seconds.
+
+sgd-lr: the plain-SGD lr of the small models' rows of ``pollen.catalog.SGD_LR`` (the
+CNN on digits, a tiny BERT on a synthetic topics set), FedAvg over 4 IID clients at
+0.01, 0.05, 0.1, 0.3 and 1 beside AdamW's recommendation. About 2 minutes.
 
 grid (#36): the default recipe against its remedies where the skew is strong. MiniLM +
 LoRA, 10 clients, 1 local epoch, 4 rounds, 5% server data, every key not named by a
@@ -64,6 +69,7 @@ GRID_ROWS = {
     "default": {},
     "sgd": {"optimizer": "sgd"},
     "calibrated": {"logit-calibration": 1.0},  # FedLC's tau = 1, with AdamW
+    "calibrated-sgd": {"optimizer": "sgd", "logit-calibration": 1.0},
 }
 GRID_SETTING = {"model": "minilm", "partitioner": "dirichlet", "local-epochs": 1,
                 "server-data-fraction": 0.05, "fraction-evaluate": 0.0,
@@ -220,6 +226,35 @@ def probe(out_dir: Path) -> Path:
                         "python -m bench.labelskew probe", "\n".join(lines), out_dir)
 
 
+SGD_PROBE_LRS = (0.01, 0.05, 0.1, 0.3, 1.0)
+
+
+def sgd_lr(out_dir: Path) -> Path:
+    """Which plain-SGD lr each small model's row of ``pollen.catalog.SGD_LR`` takes:
+    FedAvg over 4 IID clients, 3 rounds of 1 local epoch, seed 0, at each lr of
+    ``SGD_PROBE_LRS`` and at the model's AdamW recommendation for reference."""
+    from tests.deployment import write_topics
+
+    topics = write_topics(RUNS / "sgd-lr-topics.csv", 800,
+                          ["sport", "money", "space", "music"], 1)
+    settings = {"cnn": {"model": "cnn", "dataset": "digits"},
+                "tiny-bert": {"model": "tiny-bert", "dataset": str(topics),
+                              "max-seq-len": 16}}
+    lines = ["FedAvg, 4 IID clients, 3 rounds of 1 local epoch, seed 0; final accuracy on "
+             "the server's test split.", "",
+             "| model | adamw (auto) | " + " | ".join(f"sgd {lr:g}" for lr in SGD_PROBE_LRS)
+             + " |", "|---|---|" + "---|" * len(SGD_PROBE_LRS)]
+    for model, keys in settings.items():
+        common = {**keys, "partitioner": "iid", "num-server-rounds": 3, "local-epochs": 1,
+                  "fraction-evaluate": 0.0, "seed": 0}
+        recipes = [{}] + [{"optimizer": "sgd", "lr": lr} for lr in SGD_PROBE_LRS]
+        scores = [run_in_process({**common, **recipe}, 4, f"sgd-lr-{model}")[1][-1]
+                  ["eval_accuracy"] for recipe in recipes]
+        lines.append(f"| {model} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
+    return write_report("labelskew-sgd-lr", "Plain SGD's lr for the small models",
+                        "python -m bench.labelskew sgd-lr", "\n".join(lines), out_dir)
+
+
 def federated(seeds: list[int], rounds: int, names: list[str], cells: Cells,
               out_dir: Path, report_only: bool = False) -> Path:
     dataset = two_class_csv(RUNS / "agnews-business-scitech.csv")
@@ -259,7 +294,7 @@ def federated(seeds: list[int], rounds: int, names: list[str], cells: Cells,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", nargs="?", default="federated",
-                        choices=("federated", "probe", "grid"))
+                        choices=("federated", "probe", "grid", "sgd-lr"))
     parser.add_argument("--seeds", default=None, help="default 5,6,7 (grid: 0,1,2)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", default=",".join(VARIANTS))
@@ -276,6 +311,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.suite == "probe":
         probe(args.out)
+        return
+    if args.suite == "sgd-lr":
+        sgd_lr(args.out)
         return
     if args.suite == "grid":
         grid([int(s) for s in (args.seeds or "0,1,2").split(",")], args.rows.split(","),

@@ -134,3 +134,6 @@ def test_lr_auto_follows_the_optimizer():
     assert run_config({"model": "minilm"}).lr == 0.003
     assert run_config({"model": "minilm", "optimizer": "sgd"}).lr == SGD_LR["pretrained"]
     assert run_config({"model": "minilm", "optimizer": "sgd", "lr": 0.2}).lr == 0.2
+    assert run_config({"optimizer": "sgd"}).lr == SGD_LR["cnn"] == 0.3
+    with pytest.raises(ConfigError, match="lr 'auto' has no plain-SGD value .* set lr"):
+        run_config({"model": "smollm2", "task": "instruct", "optimizer": "sgd"})
