@@ -70,6 +70,10 @@ GRID_ROWS = {
     "sgd": {"optimizer": "sgd"},
     "calibrated": {"logit-calibration": 1.0},  # FedLC's tau = 1, with AdamW
     "calibrated-sgd": {"optimizer": "sgd", "logit-calibration": 1.0},
+    # the methods that hold labelled server data (item 3: guided >= central - 0.02)
+    "central": {"strategy": "central"},
+    "guided": {"strategy": "guided"},
+    "guided-member": {"strategy": "guided", "guided.server-member": True},
 }
 GRID_SETTING = {"model": "minilm", "partitioner": "dirichlet", "local-epochs": 1,
                 "server-data-fraction": 0.05, "fraction-evaluate": 0.0,
