@@ -95,13 +95,15 @@ def load_travelling_state(model: nn.Module, state: Mapping[str, np.ndarray],
         model.load_state_dict(tensors, strict=False)
 
 
-HEAD_NAME = "classifier"  # the head module is named so in every model Pollen builds
+# The head module's name: "classifier" in Pollen's BERTs and the CNN, "score" in
+# transformers' decoder classifiers (LlamaForSequenceClassification).
+HEAD_NAMES = ("classifier", "score")
 
 
 def is_head(name: str) -> bool:
     """Whether a parameter, tensor or module name lies in the classifier head, which is
     always trained and always travels."""
-    return HEAD_NAME in name.split(".")
+    return any(part in HEAD_NAMES for part in name.split("."))
 
 
 def head_tensor_names(names) -> list[str]:

@@ -39,7 +39,10 @@ RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32, "lora-target-modules": ENCO
                                  "lora-target-modules": ENCODER_TARGETS},
                "pretrained": {"lr": 0.003, "batch-size": 32,
                               "lora-target-modules": ENCODER_TARGETS},
-               "causal": {"lr": 0.001, "batch-size": 8, "lora-target-modules": DECODER_TARGETS}}
+               "causal": {"lr": 0.001, "batch-size": 8, "lora-target-modules": DECODER_TARGETS},
+               # a decoder with a class head (task classify): the causal LMs' values
+               "decoder-classifier": {"lr": 0.001, "batch-size": 8,
+                                      "lora-target-modules": DECODER_TARGETS}}
 
 # Plain SGD's lr, for optimizer = sgd left at lr "auto" (docs/benchmarks/
 # labelskew-sgd-lr.md: FedAvg over 4 IID clients, 3 rounds): the CNN 0.3 (0.589 on
@@ -50,11 +53,16 @@ RECOMMENDED = {"cnn": {"lr": 0.01, "batch-size": 32, "lora-target-modules": ENCO
 SGD_LR = {"cnn": 0.3, "tiny-bert": 0.1, "tiny-bert-w64": 0.1, "pretrained": 0.05}
 
 
+def is_decoder(model_name: str) -> bool:
+    """A decoder LM by name (SmolLM2, tiny-llama, their depth families, a .gguf file)."""
+    return model_name in CAUSAL_LMS or model_name.endswith(".gguf")
+
+
 def is_causal(model_name: str, task: str) -> bool:
-    """Whether ``model_name`` is built as a causal LM: the named ones always, ``hf:`` ids
-    and ``.gguf`` paths when the task is instruction tuning."""
-    return model_name in CAUSAL_LMS or (task == "instruct" and (
-        model_name.startswith("hf:") or model_name.endswith(".gguf")))
+    """Whether ``model_name`` is built as a causal LM (prompt -> response): a decoder, or
+    any ``hf:`` id, when the task is instruction tuning. With task 'classify' a decoder
+    is a sequence classifier (``pollen.models.build_decoder_classifier``)."""
+    return task == "instruct" and (is_decoder(model_name) or model_name.startswith("hf:"))
 
 
 def recommended(model_name: str, key: str, task: str = "classify",
@@ -62,7 +70,8 @@ def recommended(model_name: str, key: str, task: str = "classify",
     """The model's recommended value of ``key``; MiniLM (any depth) and ``hf:``
     classifiers share the pretrained transformers' row, causal LMs theirs. ``lr``
     follows the optimizer too: ``RECOMMENDED`` holds AdamW's, ``SGD_LR`` plain SGD's."""
-    row = "causal" if is_causal(model_name, task) else model_name
+    row = ("causal" if is_causal(model_name, task)
+           else "decoder-classifier" if is_decoder(model_name) else model_name)
     row = row if row in RECOMMENDED else "pretrained"
     if key == "lr" and optimizer == "sgd":
         if row not in SGD_LR:

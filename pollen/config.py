@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pollen.catalog import TASKS, check_model_name, is_causal, recommended
+from pollen.catalog import (MODEL_NAMES, TASKS, check_model_name, is_causal, is_decoder,
+                            recommended)
 from pollen.errors import ConfigError
 from pollen.optimizer import LocalOptimizer
 from pollen.settings import (AUTO, Section, Settings, at_least, fraction, key_of, non_empty_list,
@@ -293,9 +294,17 @@ class RunConfig(Settings):
         if len(set(families)) != len(families):
             raise ConfigError(f"model-families names a family twice: {self.model_families}")
         for family in families if self.model_families else []:
-            check_model_name("model family", family)
+            check_model_name("model-families entry", family)
         if self.model_families and "cnn" in families and len(families) > 1:
             raise ConfigError("model-families mixes the image model 'cnn' with text models")
+        if self.model_families and self.task == "instruct":
+            not_causal = [f for f in families if not is_causal(f, self.task)]
+            if not_causal:
+                raise ConfigError(f"model-families: task 'instruct' needs causal LMs, and "
+                                  f"{', '.join(not_causal)} is not one; allowed: "
+                                  f"{', '.join(n for n in MODEL_NAMES if is_decoder(n))}, "
+                                  "hf:<id> or a .gguf path (with task 'classify', encoders "
+                                  "and decoders mix: a decoder then gets a class head)")
         for pair in split_list(self.family_assignment):
             client, _, family = pair.partition(":")
             if not client or family not in families:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pollen.catalog import (MODEL_NAMES, TINY_BERTS, TRUNCATED_CAUSAL_LAYERS,
-                            TRUNCATED_MINILM_LAYERS, is_causal, modality_of)
+                            TRUNCATED_MINILM_LAYERS, is_causal, is_decoder, modality_of)
 from pollen.config import RunConfig
 from pollen.errors import ConfigError
 from pollen.nodecache import gguf_as_transformers
@@ -127,6 +127,28 @@ def build_causal_lm(model_name: str, seed: int, weights: WeightFormat = FLOAT32)
     return copy.deepcopy(_loaded_causal_lm(model_name, weights))
 
 
+def build_decoder_classifier(model_name: str, num_classes: int, seed: int,
+                             weights: WeightFormat = FLOAT32) -> nn.Module:
+    """A decoder LM as a sequence classifier: transformers' class for its architecture
+    (``LlamaForSequenceClassification`` for SmolLM2: a linear ``score`` head on the last
+    non-padding token's state) around the decoder's pretrained layers, with a seeded
+    new head. Built on the meta device and given the causal LM's decoder, so the
+    pretrained weights are read once (the node cache's copy) and not initialised twice."""
+    from transformers import AutoModelForSequenceClassification
+
+    decoder = build_causal_lm(model_name, seed, weights)
+    config = copy.deepcopy(decoder.config)
+    config.num_labels = num_classes
+    config.pad_token_id = build_tokenizer(model_name).pad_token_id
+    with torch.device("meta"):
+        classifier = AutoModelForSequenceClassification.from_config(config)
+    classifier.model = decoder.model
+    torch.manual_seed(derive_seed(seed, "decoder-head", model_name, num_classes))
+    classifier.score = nn.Linear(config.hidden_size, num_classes, bias=False,
+                                 dtype=next(decoder.parameters()).dtype)
+    return classifier
+
+
 class DigitsCNN(nn.Module):
     """Two 3x3 conv layers and two dense layers for 8x8 greyscale digits (about 36k weights)."""
 
@@ -160,6 +182,8 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
     hf_logging.disable_progress_bar()  # also GGUF's de-quantisation bar, in every worker
     if is_causal(model_name, task):
         return build_causal_lm(model_name, seed, weights)
+    if is_decoder(model_name):
+        return build_decoder_classifier(model_name, num_classes, seed, weights)
     if model_name in TRUNCATED_MINILM_LAYERS:
         return MeanPooledBertForSequenceClassification.from_pretrained(
             minilm_dir(), num_labels=num_classes,

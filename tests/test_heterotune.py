@@ -137,11 +137,17 @@ def test_cmga_removes_negative_inner_products_per_unit_and_keeps_agreeing_update
     assert whole == float(u @ v + w @ (w + 0.1 * u) < 0)
 
 
-def describe_family(msg: Message, context) -> Message:
-    partition = int(context.node_config["partition-id"])
-    about = ConfigRecord({"client-id": str(partition), "num-train": 10, "num-test": 2,
-                          "family": WIDTHS.split(",")[partition % 2]})
-    return Message(RecordDict({"client": about}), reply_to=msg)
+def describe_families(families: str):
+    """A describe answer: client i runs family i mod 2 of ``families``."""
+    def describe(msg: Message, context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        about = ConfigRecord({"client-id": str(partition), "num-train": 10, "num-test": 2,
+                              "family": families.split(",")[partition % 2]})
+        return Message(RecordDict({"client": about}), reply_to=msg)
+    return describe
+
+
+describe_family = describe_families(WIDTHS)
 
 
 def strategy_over(config: RunConfig, grid: LocalGrid):
@@ -233,8 +239,46 @@ def test_families_are_assigned_round_robin_by_mapping_or_by_node_config():
         family_of(config, "0", node_model="minilm")
 
 
+ACROSS = "tiny-bert,tiny-llama"  # an encoder (hidden 32) and a decoder (hidden 64)
+
+
+def test_an_encoder_and_a_decoder_share_the_experts_of_their_query_and_value_layers():
+    """Across architectures (#34): banks are keyed by attention role, so BERT's query and
+    value layers and Llama's q_proj and v_proj use the same experts (equal at the start);
+    k/o banks are the decoder's alone; layers align by relative depth, so the
+    projections D/U and the heads stay per family. The decoder classifies through a
+    ``score`` head, which travels."""
+    config = hetero(**{"model-families": ACROSS})
+    assert config.method.alignment(config.families) == "relative"
+    strategy = strategy_over(config, LocalGrid.simulation(describe_families(ACROSS),
+                                                          num_nodes=4)).strategy
+    encoder, decoder = (travelling_state(build_model_for(config, f, 4))
+                        for f in ACROSS.split(","))
+    encoder_banks = sorted(n for n in encoder if is_shared(n))
+    decoder_banks = sorted(n for n in decoder if is_shared(n))
+    assert {n.split(".")[2] for n in encoder_banks} == {"q", "v"}
+    assert {n.split(".")[2] for n in decoder_banks} == {"k", "o", "q", "v"}
+    assert set(encoder_banks) < set(decoder_banks)
+    for name in encoder_banks:
+        assert np.array_equal(encoder[name], decoder[name])
+    assert strategy.holds["tiny-bert"] == encoder_banks
+    assert strategy.holds["tiny-llama"] == decoder_banks
+    assert sorted(strategy.shared) == decoder_banks  # no projection is shared
+    assert [n for n in decoder if ".score." in n] == ["backbone.score.weight"]
+    ids = torch.randint(0, 1000, (3, 10))
+    with torch.no_grad():
+        assert build_model_for(config, "tiny-llama", 4)(
+            input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (3, 4)
+
+
 @pytest.mark.parametrize("overrides, message", [
-    ({"model-families": "tiny-bert,gpt-9"}, "unknown model family 'gpt-9'"),
+    ({"model-families": "tiny-bert,gpt-9"}, "unknown model-families entry 'gpt-9'"),
+    ({"model-families": "minilm,smollm2", "task": "instruct", "model": "smollm2"},
+     "model-families: task 'instruct' needs causal LMs, and minilm is not one; allowed: "
+     "smollm2, "),
+    ({"model-families": ACROSS, "heterotune.layer-alignment": "absolute"},
+     "heterotune.layer-alignment = 'absolute' pairs layer l of every family, but "
+     "model-families .* mixes encoders and decoders"),
     ({"heterotune.dema-rank": 0}, "heterotune.dema-rank must be >= 1"),
     ({"strategy": "fedavg"}, "model-families and family-assignment are for the strategies that"),
     ({"family-assignment": "0:minilm"}, "must be client:family with a family of"),
@@ -276,6 +320,26 @@ def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, to
         result = evaluate(model, make_loader(test, 32, shuffle=False, seed=0),
                           torch.device("cpu"))
         assert result.accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.slow  # trains for more than 10 s
+def test_two_rounds_across_an_encoder_and_a_decoder(tmp_path, topics_csv):
+    """tiny-bert (an encoder with its mean-pooled head) and tiny-llama (a decoder with a
+    class head on its last token) on one classification task: both scored on the same
+    server test split, both above chance, their q/v experts one set of tensors."""
+    config = hetero(**{"model-families": ACROSS, "dataset": str(topics_csv), "lr": 0.05,
+                       "local-epochs": 3, "max-seq-len": 16, "partitioner": "iid",
+                       "num-server-rounds": 2, "output-dir": str(tmp_path),
+                       "run-name": "across"})
+    outputs = run(LocalGrid.simulation(client_app, num_nodes=4), config)
+    last = outputs.read_metrics()[-1]
+    assert set(last["family_accuracy"]) == set(ACROSS.split(","))
+    assert min(last["family_accuracy"].values()) > 0.4, last["family_accuracy"]  # chance 0.25
+    encoder, decoder = (load_dema_adapter(outputs.run_dir / "adapters" / f)
+                        for f in ACROSS.split(","))
+    query_experts = "banks.0.q.experts"
+    assert torch.equal(dict(encoder.named_parameters())[query_experts],
+                       dict(decoder.named_parameters())[query_experts])
 
 
 @pytest.mark.slow  # 12-15 s a case: two-family runs

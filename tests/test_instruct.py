@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from client_app.app import app as client_app
+from pollen.adapters import travelling_state
 from pollen.config import ConfigError
 from pollen.data import client_split, load_task
 from pollen.instruct import IGNORE_INDEX, read_label, response_loss
@@ -130,12 +131,19 @@ def test_the_cosine_schedule_is_flowertune_s():
         run_config({"lr-schedule": "cosine", "lr": 0.001, "lr-min": 0.01})
 
 
-def test_a_causal_lm_with_a_classification_task_is_refused(topics_csv, tmp_path):
-    grid = LocalGrid.simulation(client_app, 2)
-    with pytest.raises(ConfigError, match="a causal LM needs task = 'instruct'"):
-        run(grid, run_config({"model": "tiny-llama", "dataset": str(topics_csv),
-                              "output-dir": str(tmp_path)}))
-    assert not any(m.metadata.message_type == "train" for m in grid.sent)
+def test_a_decoder_with_a_classification_task_is_a_sequence_classifier(topics_csv, tmp_path):
+    """task classify with a decoder (#34): transformers' LlamaForSequenceClassification
+    around it, a class head ``score`` that trains and travels with the LoRA tensors, and
+    accuracy on the server's test split."""
+    config = run_config({"model": "tiny-llama", "dataset": str(topics_csv), "lr": 0.05,
+                         "max-seq-len": 16, "partitioner": "iid", "num-server-rounds": 1,
+                         "local-epochs": 2, "output-dir": str(tmp_path), "run-name": "d"})
+    assert config.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model = build_model(config, 4)
+    assert type(model.base_model.model).__name__ == "LlamaForSequenceClassification"
+    assert any(".score." in name for name in travelling_state(model))
+    row = run(LocalGrid.simulation(client_app, 2), config).read_metrics()[0]
+    assert row["eval_accuracy"] > 0.4  # chance is 0.25
 
 
 @pytest.mark.slow

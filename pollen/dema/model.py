@@ -8,7 +8,11 @@ relative depth share experts), or with B = 0 bank l (absolute layer index: for f
 that are prefixes of one checkpoint, as MiniLM-L2/L4/L6, layer l is the same pretrained
 layer in every family that has it).
 
-Tensor names (what travels): ``banks.<b>.<module>.experts`` / ``.gate`` (the shared
+Banks are keyed by the role a target module plays in attention (``ROLES``: BERT's
+``query`` and Llama's ``q_proj`` are both ``q``), so an encoder and a decoder family share
+the experts of their query and value projections; a module without a role is its own key.
+
+Tensor names (what travels): ``banks.<b>.<role>.experts`` / ``.gate`` (the shared
 experts), ``backbone.<...>.down.weight`` / ``.up.weight`` (D_f, U_f) and the classifier
 head (``backbone.classifier.*``). Every DeMA tensor is seeded by its place (bank and
 module; projections by layer, module and width), not by family, so tensors that
@@ -32,6 +36,12 @@ from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
 
 SHARED_PREFIX = "banks."
+ROLES = {"query": "q", "q_proj": "q", "key": "k", "k_proj": "k", "value": "v",
+         "v_proj": "v", "o_proj": "o"}
+
+
+def role_of(module: str) -> str:
+    return ROLES.get(module, module)
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
@@ -57,12 +67,13 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
     """Freeze the backbone except its classifier head and add DeMA layers in place."""
     num_layers = backbone.config.num_hidden_layers
 
-    def bank(b: int, module: str) -> ExpertBank:
-        torch.manual_seed(derive_seed(config.seed, "dema-bank", b, module))
+    def bank(b: int, role: str) -> ExpertBank:
+        torch.manual_seed(derive_seed(config.seed, "dema-bank", b, role))
         return ExpertBank(config.rank, config.experts)
 
+    roles = sorted({role_of(m) for m in config.target_modules})
     banks = nn.ModuleDict({
-        str(b): nn.ModuleDict({m: bank(b, m) for m in config.target_modules})
+        str(b): nn.ModuleDict({role: bank(b, role) for role in roles})
         for b in range(num_layers if config.absolute else config.banks)})
     targets = [(name, module) for name, module in backbone.named_modules()
                if name.rsplit(".", 1)[-1] in config.target_modules
@@ -79,7 +90,7 @@ def inject_dema(backbone: nn.Module, config: DemaConfig, family: str) -> DemaMod
         parent = backbone.get_submodule(name.rsplit(".", 1)[0])
         torch.manual_seed(derive_seed(config.seed, "dema-projection", layer, module,
                                       linear.in_features, linear.out_features))
-        shared = banks[str(config.bank_of(layer, num_layers))][module]
+        shared = banks[str(config.bank_of(layer, num_layers))][role_of(module)]
         setattr(parent, module, DemaLinear(linear, shared, config.rank,
                                            config.alpha / config.rank))
     for name, parameter in backbone.named_parameters():
@@ -108,8 +119,10 @@ def save_dema_adapter(model: DemaModel, out_dir: Path) -> Path:
 
     from pollen.adapters import travelling_state
 
+    # 0 classes: a causal LM (task instruct), as the registry's manifest says it
+    num_classes = 0 if model.backbone.can_generate() else model.backbone.config.num_labels
     settings = {**asdict(model.dema_config), "family": model.family,
-                "num_classes": model.backbone.config.num_labels}
+                "num_classes": num_classes}
     (out_dir / CONFIG_FILE).write_text(json.dumps(settings, indent=2))
     tensors = {k: torch.from_numpy(v) for k, v in travelling_state(model).items()}
     save_file(tensors, out_dir / ADAPTER_FILE)
@@ -127,7 +140,8 @@ def load_dema_adapter(folder: Path) -> DemaModel:
     settings = json.loads((Path(folder) / CONFIG_FILE).read_text())
     family, num_classes = settings.pop("family"), settings.pop("num_classes")
     config = DemaConfig(**{**settings, "target_modules": tuple(settings["target_modules"])})
-    model = inject_dema(build_backbone(family, num_classes, config.seed), config, family)
+    task = "instruct" if num_classes == 0 else "classify"
+    model = inject_dema(build_backbone(family, num_classes, config.seed, task), config, family)
     load_travelling_state(model, load_file(Path(folder) / ADAPTER_FILE),
                           what=f"DeMA adapter in {folder}")
     return model

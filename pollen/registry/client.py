@@ -140,7 +140,8 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
 
     manifest = read_manifest(data)
     base = model_name or manifest.base_model
-    config = RunConfig(model=base, lora_r=max(manifest.rank, 1),
+    task = "instruct" if manifest.num_classes == 0 else "classify"  # the proto's reading
+    config = RunConfig(model=base, task=task, lora_r=max(manifest.rank, 1),
                        lora_alpha=max(manifest.alpha, 1),
                        lora_target_modules=",".join(manifest.target_modules) or "query,value",
                        seed=seed)
@@ -148,7 +149,7 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
         dema = DemaConfig(rank=max(manifest.rank, 1), experts=max(manifest.experts, 1),
                           banks=manifest.banks, target_modules=tuple(manifest.target_modules),
                           seed=seed, alpha=max(manifest.alpha, 1))
-        model = inject_dema(build_backbone(base, manifest.num_classes, seed), dema, base)
+        model = inject_dema(build_backbone(base, manifest.num_classes, seed, task), dema, base)
     else:
         model = build_model(config, manifest.num_classes)
     expected = manifest_for(model, config, manifest.num_classes,

@@ -20,8 +20,8 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
         build_backbone(family, num_classes, config.seed, config.task, WeightFormat.of(config)),
         config)
     try:
-        return inject_dema(backbone, config.method.dema(config.seed, family, config.task),
-                           family)
+        return inject_dema(backbone, config.method.dema(config.seed, family, config.task,
+                                                        config.families), family)
     except ConfigError as error:  # the only input check inside: the target modules
         raise ConfigError(f"heterotune.dema-target-modules: {error}") from error
 
@@ -31,5 +31,6 @@ SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
                   build=lambda setup: HeteroTune(
                       use_cmga=setup.config.method.cmga,
                       per_tensor=setup.config.method.cmga_granularity == "tensor",
-                      share_projections=setup.config.method.layer_alignment == "absolute",
+                      share_projections=setup.config.method.alignment(
+                          setup.config.families) == "absolute",
                       **family_common(setup)))

@@ -54,6 +54,14 @@ all score 0 before training, with response losses of 8-10 nats at 20 layers and 
 depth-layouts``). They start closer, but whether they train better is not measured; Pollen
 builds only the prefixes.
 
+Across architectures (#34: ``model-families = minilm,smollm2``, task classify): banks are
+keyed by attention role (``pollen.dema.model.ROLES``), so MiniLM's query/value layers and
+SmolLM2's q_proj/v_proj share experts and its k_proj/o_proj banks are held by SmolLM2
+alone; ``layer-alignment = auto`` aligns such families by relative depth (an encoder's
+layer l and a decoder's have nothing in common), so D/U and the heads stay per family.
+methods.md shares experts "at the same relative depth" without naming which projections
+pair up; pairing by role is our reading.
+
 Message contract: the per-family one (``fedavg_per_family/strategy.py``).
 """
 

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from pollen.catalog import is_decoder
 from pollen.config import (
     ConfigError,
     RunConfig,
@@ -48,6 +49,12 @@ class MosaicConfig(Section):
         return self.student_family or run.families[0]
 
     def check_run(self, run: RunConfig) -> None:
+        decoders = [f for f in run.families if is_decoder(f)]
+        if decoders:
+            raise ConfigError(f"mosaic reads each example's feature at the classifier head's "
+                              f"input, which a decoder classifier ({', '.join(decoders)}) "
+                              "does not have: model-families for mosaic takes encoders "
+                              "(minilm, minilm-l2, minilm-l4, tiny-bert, tiny-bert-w64) or cnn")
         if self.student_family and self.student_family not in run.families:
             raise ConfigError(f"mosaic.student-family '{self.student_family}' is not among "
                               f"the run's families ({', '.join(run.families)})")

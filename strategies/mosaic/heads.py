@@ -13,8 +13,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pollen.adapters import HEAD_NAME, travelling_module_names
+from pollen.adapters import travelling_module_names
 from pollen.training import logits_of
+
+# Pollen's BERTs' and the CNN's head. A decoder classifier's ``score`` reads every token's
+# state before transformers picks the last one, so its input is no per-example feature:
+# Mosaic refuses decoder families (``MosaicConfig.check_run``).
+HEAD_NAME = "classifier"
 
 
 def head_module_name(model: nn.Module) -> str:
