@@ -169,6 +169,16 @@ class RunConfig(Settings):
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
+    def for_family(self, family: str) -> RunConfig:
+        """The config a family's model is built from: ``model`` = the family, and
+        ``lora-target-modules``, when the run left it at "auto", the family's own (an
+        encoder's query/value, a decoder's q/k/v/o projections)."""
+        config = self.replace(model=family)
+        if "lora-target-modules" in dict(self.recommended_by):
+            config = config.replace(lora_target_modules=recommended(
+                family, "lora-target-modules", self.task, self.optimizer))
+        return config
+
     def __post_init__(self) -> None:
         self._resolve_auto()
         self._check_fields()

@@ -104,7 +104,7 @@ ModelBuilder = Callable[[RunConfig, str, int], nn.Module]  # (config, family, cl
 
 def default_model(config: RunConfig, family: str, num_classes: int) -> nn.Module:
     """The family's backbone as ``pollen.models.build_model`` wraps it (LoRA or whole)."""
-    return build_model(config.replace(model=family), num_classes)
+    return build_model(config.for_family(family), num_classes)
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,19 @@ def test_an_encoder_and_a_decoder_share_the_experts_of_their_query_and_value_lay
             input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (3, 4)
 
 
+@pytest.mark.parametrize("strategy", ["fedavg-per-family", "hetlora"])
+def test_the_lora_baselines_adapt_each_family_s_own_layers(strategy):
+    """lora-target-modules left at auto follows each family: an encoder's query/value, a
+    decoder's q/k/v/o projections (not the run model's names for every family)."""
+    config = run_config({"strategy": strategy, "model-families": ACROSS, "model": "tiny-bert",
+                         "hetlora.ranks": "4,8"} if strategy == "hetlora" else
+                        {"strategy": strategy, "model-families": ACROSS, "model": "tiny-bert"})
+    for family, modules in [("tiny-bert", {"query", "value"}),
+                            ("tiny-llama", {"q_proj", "k_proj", "v_proj", "o_proj"})]:
+        model = build_model_for(config, family, 4)
+        assert set(model.peft_config["default"].target_modules) == modules
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"model-families": "tiny-bert,gpt-9"}, "unknown model-families entry 'gpt-9'"),
     ({"model-families": "minilm,smollm2", "task": "instruct", "model": "smollm2"},

@@ -13,7 +13,7 @@ from strategies.spec import MethodSpec
 def build_ranked_model(config: RunConfig, family: str, num_classes: int) -> nn.Module:
     """The family's LoRA model at the family's own rank."""
     rank = config.method.rank_of(config)[family]
-    return build_model(config.replace(model=family, lora_r=rank), num_classes)
+    return build_model(config.for_family(family).replace(lora_r=rank), num_classes)
 
 
 SPEC = MethodSpec("hetlora", config=HetLoRAConfig, families=True,
