@@ -224,10 +224,14 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> 
     for fleet in names:
         sizes = FLEETS[fleet] if not quick else QUICK_FLEETS[fleet]
         families = list(sizes)
-        # all-smollm2 is one federation whatever the fleet: one cell per seed
-        done = {row: [cells.get(seed, row if row == "all-smollm2" else f"{fleet}/{row}",
-                                lambda row=row, seed=seed: _fleet_cell(fleet, row, seed, quick))
-                      for seed in seeds] for row in rows}
+        # all-smollm2 is one federation whatever the fleet: one cell per seed; every row
+        # of a seed runs before the next seed, so a partial run compares like with like
+        done: dict[str, list[dict]] = {row: [] for row in rows}
+        for seed in seeds:
+            for row in rows:
+                done[row].append(cells.get(
+                    seed, row if row == "all-smollm2" else f"{fleet}/{row}",
+                    lambda row=row, seed=seed: _fleet_cell(fleet, row, seed, quick)))
         lines += [f"### {fleet}" + (f" (quick: {sizes})" if quick else ""), "",
                   "| row | " + " | ".join(f"{f} | gap per seed" for f in families) + " |",
                   "|---|" + "---|---|" * len(families)]
