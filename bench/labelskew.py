@@ -70,6 +70,7 @@ GRID_ROWS = {
     "sgd": {"optimizer": "sgd"},
     "calibrated": {"logit-calibration": 1.0},  # FedLC's tau = 1, with AdamW
     "calibrated-sgd": {"optimizer": "sgd", "logit-calibration": 1.0},
+    "adamw-0.001": {"lr": 0.001},  # AdamW's smaller steps: a one-class client moves less
     # the methods that hold labelled server data (item 3: guided >= central - 0.02)
     "central": {"strategy": "central"},
     "guided": {"strategy": "guided"},
