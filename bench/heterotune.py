@@ -2,7 +2,7 @@
 
     python -m bench.heterotune agnews [--seeds 0,1,2] [--rows heterotune,fedavg-per-family]
                                       [--rounds 5]
-    python -m bench.heterotune memory
+    python -m bench.heterotune memory [FAMILY ...]
     python -m bench.heterotune fleets [--seeds 0,1,2] [--rows ...] [--fleets ...] [--quick]
 
 agnews: AG News test.csv, 9 clients (round-robin: 3 each of minilm-l2, minilm-l4 and
@@ -35,12 +35,14 @@ code path, under 2 minutes). A full cell takes about 10-20 minutes on one thread
 memory: peak resident memory of one client's local training (64 AG News examples, batch
 32, 1 epoch, AdamW) per backbone, with DeMA adapters against full fine-tuning (every
 weight trainable), each in a fresh process so that the high-water marks do not mix.
-About a minute.
+FAMILY ...: the backbones (default the MiniLM depths; ``minilm smollm2`` for #34's
+claim of about -50%). About a minute a MiniLM family.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -205,7 +207,17 @@ def _fleet_cell(fleet: str, row: str, seed: int, quick: bool) -> dict:
                                       f"fleets-{fleet.replace(' ', '')}-{row}-seed{seed}")
     return {"family_accuracy": rows[-1]["family_accuracy"], "seconds": seconds,
             "curve": [r["family_accuracy"] for r in rows],
-            "bytes_up": rows[-1].get("family_bytes_up_per_client")}
+            "bytes": {f: rows[-1]["family_bytes_up_per_client"][f]
+                      + rows[-1]["family_bytes_down_per_client"][f]
+                      for f in rows[-1]["family_bytes_up_per_client"]}}
+
+
+@functools.cache
+def full_bytes(family: str) -> int:
+    """float32 bytes of every weight of the family's classifier (4 classes)."""
+    from pollen.models import build_backbone
+
+    return 4 * sum(p.numel() for p in build_backbone(family, 4, 42).parameters())
 
 
 QUICK_FLEETS = {"8 minilm + 2 smollm2": {"tiny-bert": 3, "tiny-llama": 1},
@@ -247,6 +259,16 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> 
                     f"{v - b['family_accuracy'][family]:+.3f}" for v, b in zip(values, base)))
                 parts += [mean_std(values), gaps]
             lines.append(f"| {row} | " + " | ".join(parts) + " |")
+        lines += ["", "Bytes a client sends and receives in the last round (train, float32) "
+                  "against full fine-tuning of its backbone (every weight down and up), first "
+                  "seed:", "", "| row | " + " | ".join(families) + " |",
+                  "|---|" + "---|" * len(families)]
+        for row in rows:
+            sent = done[row][0].get("bytes") if done[row] else None
+            if sent:
+                lines.append(f"| {row} | " + " | ".join(
+                    f"{sent[f]:,.0f} ({1 - sent[f] / (2 * full_bytes(f)):.2%} less)"
+                    if f in sent else "" for f in families) + " |")
         lines.append("")
     write_report("heterotune-fleets" + ("-quick" if quick else ""),
                  "HeteroTune across an encoder and a decoder, in uneven fleets (#34)",
@@ -263,7 +285,8 @@ def probe(family: str, mode: str) -> None:
     from pollen.training import make_loader, torch_dataset, train
     from strategies import build_model_for, run_config
 
-    config = run_config({**COMMON, "strategy": "heterotune"})
+    config = run_config({**COMMON, "strategy": "heterotune", "model-families": family,
+                         "model": family})
     task = load_task(config)
     data = torch_dataset(task.pool.select(range(64)), "text", family, config.max_seq_len)
     if mode == "dema":
@@ -278,7 +301,7 @@ def probe(family: str, mode: str) -> None:
     print(json.dumps({"before": before, "peak": peak, "trainable": trainable}))
 
 
-def memory() -> None:
+def memory(families: tuple[str, ...] = FAMILIES) -> None:
     lines = ["Peak resident memory (ru_maxrss) of one client's local training: 64 AG News "
              "examples, batch 32, sequence length 64, 1 epoch, AdamW, CPU; each cell a fresh "
              "process. 'training' = peak minus the peak before training started (model and "
@@ -286,7 +309,7 @@ def memory() -> None:
              "| backbone | DeMA trainable | DeMA peak MiB | DeMA training MiB | full trainable "
              "| full peak MiB | full training MiB | peak: DeMA / full |",
              "|---|---|---|---|---|---|---|---|"]
-    for family in FAMILIES:
+    for family in families:
         measured = {}
         for mode in ("dema", "full"):
             out = subprocess.run([sys.executable, "-m", "bench.heterotune", "probe", family,
@@ -320,7 +343,7 @@ def main() -> None:
         agnews(args.rounds, [int(s) for s in args.seeds.split(",")],
                (args.rows or "heterotune,fedavg-per-family").split(","))
     elif args.suite == "memory":
-        memory()
+        memory(tuple(args.args) or FAMILIES)
     else:
         probe(*args.args)
 

@@ -169,6 +169,15 @@ class RunConfig(Settings):
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
+    def client_mapping(self) -> dict[str, Any]:
+        """The keys clients are sent: ``to_mapping``, except that ``lora-target-modules``
+        left at "auto" is sent as "auto", so that each client resolves it for its own
+        family (``for_family``)."""
+        mapping = self.to_mapping()
+        if "lora-target-modules" in dict(self.recommended_by):
+            mapping["lora-target-modules"] = AUTO
+        return mapping
+
     def for_family(self, family: str) -> RunConfig:
         """The config a family's model is built from: ``model`` = the family, and
         ``lora-target-modules``, when the run left it at "auto", the family's own (an

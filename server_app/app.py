@@ -92,7 +92,7 @@ def prepare(grid: Grid, config: RunConfig) -> Prepared:
     if server_data is not None:
         log(INFO, "server data: %d examples (%s), %s", len(server_data), server_data.source,
             "labeled" if server_data.labeled else "unlabeled")
-    run_record = {**config.to_mapping(), LABEL_NAMES_KEY: list(task.label_names)}
+    run_record = {**config.client_mapping(), LABEL_NAMES_KEY: list(task.label_names)}
     directory = ClientDirectory(run_record, timeout=config.round_timeout)
     directory.wait_for(grid, config.min_clients)
     # In simulation every node holds one partition of the pool.

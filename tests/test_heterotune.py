@@ -278,10 +278,12 @@ def test_the_lora_baselines_adapt_each_family_s_own_layers(strategy):
     config = run_config({"strategy": strategy, "model-families": ACROSS, "model": "tiny-bert",
                          "hetlora.ranks": "4,8"} if strategy == "hetlora" else
                         {"strategy": strategy, "model-families": ACROSS, "model": "tiny-bert"})
+    on_client = run_config(config.client_mapping())  # what a client rebuilds from its message
     for family, modules in [("tiny-bert", {"query", "value"}),
                             ("tiny-llama", {"q_proj", "k_proj", "v_proj", "o_proj"})]:
-        model = build_model_for(config, family, 4)
-        assert set(model.peft_config["default"].target_modules) == modules
+        for built_by in (config, on_client):
+            model = build_model_for(built_by, family, 4)
+            assert set(model.peft_config["default"].target_modules) == modules
 
 
 @pytest.mark.parametrize("overrides, message", [
