@@ -35,3 +35,34 @@ def test_flwr_run_streams_the_default_job(tmp_path):
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["num_replies"] == 10  # the 10 virtual clients of the default federation
     assert (outputs / "default" / "model" / "model.safetensors").is_file()
+
+
+def test_flwr_run_federates_an_encoder_and_a_decoder(tmp_path):
+    """#34: `model-families='minilm,smollm2'` under HeteroTune through `flwr run`, 2 rounds
+    on AG News (2 SuperNodes: one MiniLM client, one SmolLM2 client)."""
+    ag_news = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
+    flwr_home, outputs = tmp_path / "flwr-home", tmp_path / "runs"
+    env = {**os.environ, "FLWR_HOME": str(flwr_home),
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    keys = (f"strategy='heterotune' model='minilm' model-families='minilm,smollm2' "
+            f"dataset='{ag_news}' partitioner='iid' num-server-rounds=2 max-steps=2 "
+            f"batch-size=4 max-seq-len=16 server-test-fraction=0.02 fraction-evaluate=0.0 "
+            f"output-dir='{outputs}' run-name='across'")
+    try:
+        done = subprocess.run(
+            [flwr, "run", ".", "--stream", "--federation-config", "num-supernodes=2",
+             "--run-config", keys],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        log = done.stdout + done.stderr
+        assert done.returncode == 0, log[-3000:]
+    finally:
+        stop(processes_mentioning(str(flwr_home)))
+    rows = [json.loads(line) for line in
+            (outputs / "across" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert rows[-1]["num_replies"] == 2 and rows[-1]["failures"] == []
+    assert set(rows[-1]["family_accuracy"]) == {"minilm", "smollm2"}
+    assert "minilm|smollm2" in rows[-1]["cmga_cosines"]  # the shared q/v experts
+    assert sorted(p.name for p in (outputs / "across" / "adapters").iterdir()) == [
+        "minilm", "smollm2"]
