@@ -180,7 +180,10 @@ def build_backbone(model_name: str, num_classes: int, seed: int,
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # also GGUF's de-quantisation bar, in every worker
-    if is_causal(model_name, task):
+    # A decoder with no classes is the causal LM whatever the task says: what callers
+    # that load an instruction-tuned adapter pass (num_classes 0, as the registry's
+    # manifest and the saved DeMA adapters record a causal LM).
+    if is_causal(model_name, task) or (is_decoder(model_name) and num_classes == 0):
         return build_causal_lm(model_name, seed, weights)
     if is_decoder(model_name):
         return build_decoder_classifier(model_name, num_classes, seed, weights)
