@@ -20,9 +20,9 @@ from flwr.clientapp import ClientApp
 
 from client_app.job import ClientData, ClientJob
 from pollen.adapters import travelling_state
+from pollen.config import RunConfig
 from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, to_array_record
-from pollen.config import RunConfig
 from pollen.seeding import derive_seed
 from pollen.training import calibration_shift, evaluator_for, label_counts
 from pollen.training import make_loader

@@ -36,13 +36,13 @@ from pollen.errors import ConfigError
 from pollen.seeding import derive_seed
 
 SHARED_PREFIX = "banks."
+_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 ROLES = {"query": "q", "q_proj": "q", "key": "k", "k_proj": "k", "value": "v",
          "v_proj": "v", "o_proj": "o"}
 
 
 def role_of(module: str) -> str:
     return ROLES.get(module, module)
-_LAYER_INDEX = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
 class DemaModel(nn.Module):
@@ -140,8 +140,7 @@ def load_dema_adapter(folder: Path) -> DemaModel:
     settings = json.loads((Path(folder) / CONFIG_FILE).read_text())
     family, num_classes = settings.pop("family"), settings.pop("num_classes")
     config = DemaConfig(**{**settings, "target_modules": tuple(settings["target_modules"])})
-    task = "instruct" if num_classes == 0 else "classify"
-    model = inject_dema(build_backbone(family, num_classes, config.seed, task), config, family)
+    model = inject_dema(build_backbone(family, num_classes, config.seed), config, family)
     load_travelling_state(model, load_file(Path(folder) / ADAPTER_FILE),
                           what=f"DeMA adapter in {folder}")
     return model

@@ -149,7 +149,7 @@ def write_adapter_folder(data: bytes, out_dir: Path, model_name: str = "",
         dema = DemaConfig(rank=max(manifest.rank, 1), experts=max(manifest.experts, 1),
                           banks=manifest.banks, target_modules=tuple(manifest.target_modules),
                           seed=seed, alpha=max(manifest.alpha, 1))
-        model = inject_dema(build_backbone(base, manifest.num_classes, seed, task), dema, base)
+        model = inject_dema(build_backbone(base, manifest.num_classes, seed), dema, base)
     else:
         model = build_model(config, manifest.num_classes)
     expected = manifest_for(model, config, manifest.num_classes,
