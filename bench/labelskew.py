@@ -71,6 +71,10 @@ GRID_ROWS = {
     "calibrated": {"logit-calibration": 1.0},  # FedLC's tau = 1, with AdamW
     "calibrated-sgd": {"optimizer": "sgd", "logit-calibration": 1.0},
     "adamw-0.001": {"lr": 0.001},  # AdamW's smaller steps: a one-class client moves less
+    # a one-class client's gradient vanishes once it predicts its class; AdamW's step
+    # does not (its update is scale-free): momentum SGD keeps the first, and is fast
+    "sgd-momentum": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01},
+    "capped-8": {"max-steps": 8},  # AdamW, at most 8 local steps a round
     # the methods that hold labelled server data (item 3: guided >= central - 0.02)
     "central": {"strategy": "central"},
     "guided": {"strategy": "guided"},
