@@ -21,7 +21,9 @@ fleets (#34): an encoder and a decoder LM on one task, in uneven fleets. AG News
 clients, Dirichlet 0.5 over the label, two fleets: 8 MiniLM + 2 SmolLM2 and 2 MiniLM + 8
 SmolLM2 (``family-assignment``: the first clients MiniLM), SmolLM2 classifying with a class
 head on its last token. 3 rounds of 10 steps (batch 8, 32 tokens, AdamW lr 0.003),
-every client trains every round. Rows (``FLEET_ROWS``): heterotune; fedavg-per-family
+every client trains every round. Rows (``FLEET_ROWS``): heterotune (with its family gate,
+the default; the report counts the rounds each family kept its own step);
+heterotune-ungated (``heterotune.family-gate = false``); fedavg-per-family
 (each family alone); hetlora (ranks 8 and 8: across architectures no LoRA tensor has a
 namesake in the other family, so it is per-family FedAvg, listed because the issue asks
 for it); local (each client alone for the same 30 steps, scored on the server's test
@@ -133,7 +135,8 @@ FLEET_COMMON = {"dataset": str(AG_NEWS), "model": "minilm", "partitioner": "diri
                 "server-test-fraction": 0.05}
 FLEETS = {"8 minilm + 2 smollm2": {"minilm": 8, "smollm2": 2},
           "2 minilm + 8 smollm2": {"minilm": 2, "smollm2": 8}}
-FLEET_ROWS = {"heterotune": {"strategy": "heterotune"},
+FLEET_ROWS = {"heterotune": {"strategy": "heterotune"},  # with its family gate (default)
+              "heterotune-ungated": {"strategy": "heterotune", "heterotune.family-gate": False},
               "fedavg-per-family": {"strategy": "fedavg-per-family"},
               "hetlora": {"strategy": "hetlora", "hetlora.ranks": "8,8"},
               "local": {"strategy": "fedavg-per-family"},  # its recipe, no federation
@@ -207,6 +210,7 @@ def _fleet_cell(fleet: str, row: str, seed: int, quick: bool) -> dict:
                                       f"fleets-{fleet.replace(' ', '')}-{row}-seed{seed}")
     return {"family_accuracy": rows[-1]["family_accuracy"], "seconds": seconds,
             "curve": [r["family_accuracy"] for r in rows],
+            "gates": [r.get("family_gate") for r in rows],
             "bytes": {f: rows[-1]["family_bytes_up_per_client"][f]
                       + rows[-1]["family_bytes_down_per_client"][f]
                       for f in rows[-1]["family_bytes_up_per_client"]}}
@@ -259,6 +263,13 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> 
                     f"{v - b['family_accuracy'][family]:+.3f}" for v, b in zip(values, base)))
                 parts += [mean_std(values), gaps]
             lines.append(f"| {row} | " + " | ".join(parts) + " |")
+        for row in rows:
+            gates = [g for c in done[row] for g in c.get("gates") or [] if g]
+            if gates:
+                lines.append(f"\n{row}: rounds in which a family kept its own step (family "
+                             "gate), over all seeds: " + ", ".join(
+                                 f"{f} {sum(g.get(f) == 'own' for g in gates)} of "
+                                 f"{sum(f in g for g in gates)}" for f in families))
         lines += ["", "Bytes a client sends and receives in the last round (train, float32) "
                   "against full fine-tuning of its backbone (every weight down and up), first "
                   "seed:", "", "| row | " + " | ".join(families) + " |",

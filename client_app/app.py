@@ -120,4 +120,8 @@ def evaluate(msg: Message, context: Context) -> Message:
                             **{f"eval_{k}": v for k, v in result.metrics.items()}})
     if result.accuracy is not None:
         metrics["eval_accuracy"] = result.accuracy
+    # A method's further scores need the loss only: no generated answers.
+    score_loss = evaluator_for(data.modality, job.family, (), job.config.max_new_tokens)
+    metrics.update(method_of(job.config.strategy).client.after_evaluation(
+        job, msg, lambda other: score_loss(other, loader, job.device)))
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -138,7 +138,6 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
     kept_previous_global = strategy.kept_previous_global
-    strategy_fields = strategy.round_metrics()
 
     eval_messages = list(strategy.configure_evaluate(
         server_round, strategy.global_arrays, ConfigRecord(), grid))
@@ -148,6 +147,7 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     eval_replies = exchange(grid, eval_messages, config.round_timeout)
     evaluate_phase_seconds = time.perf_counter() - eval_phase_started
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
+    strategy_fields = strategy.round_metrics()  # a strategy may decide on the evaluation
 
     server_eval_started = time.perf_counter()
     server_evals = evaluate_global()

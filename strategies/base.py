@@ -314,7 +314,7 @@ class PollenStrategy(FedAvg):
         cannot run this strategy."""
 
     def round_metrics(self) -> dict:
-        """JSON-able fields this round adds to its metrics row (after ``aggregate_train``)."""
+        """JSON-able fields this round adds to its metrics row (after ``aggregate_evaluate``)."""
         return {}
 
     def final_models(self) -> dict[str, dict[str, np.ndarray]]:

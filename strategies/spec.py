@@ -24,7 +24,7 @@ from pollen.errors import ConfigError
 from pollen.models import build_model
 from pollen.records import to_array_record
 from pollen.server_data import ServerData
-from pollen.training import ServerTraining, torch_dataset
+from pollen.training import EvalResult, ServerTraining, torch_dataset
 from strategies.base import PollenStrategy
 from strategies.directory import ClientDirectory
 
@@ -85,6 +85,9 @@ class ClientHalf:
     sent ``proximal-mu`` (None: the received model, as in FedProx).
     ``before_training``: extra reply records computed from the received model.
     ``after_training``: extra reply records and metrics computed from the trained model.
+    ``after_evaluation``: extra evaluate-reply metrics; ``evaluate`` scores a model's loss
+    on the client's local test split, as the reply's own ``eval_loss`` was scored (no
+    generated answers).
     """
 
     def proximal_anchor(self, job: ClientJob, message: Message) -> list[torch.Tensor] | None:
@@ -97,6 +100,10 @@ class ClientHalf:
     def after_training(self, job: ClientJob, message: Message, model: nn.Module,
                        seed: int) -> tuple[dict[str, ArrayRecord], dict[str, float]]:
         return {}, {}
+
+    def after_evaluation(self, job: ClientJob, message: Message,
+                         evaluate: Callable[[nn.Module], EvalResult]) -> dict[str, float]:
+        return {}
 
 
 ModelBuilder = Callable[[RunConfig, str, int], nn.Module]  # (config, family, classes)

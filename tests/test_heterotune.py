@@ -228,6 +228,103 @@ def test_state_round_trip_gives_the_same_next_round():
         assert all(np.array_equal(v, other[k]) for k, v in tensors.items())
 
 
+def evaluated(message, loss, own_loss, num_examples=5):
+    message.metadata.__dict__["_message_id"] = f"e{message.metadata.dst_node_id}"
+    return Message(RecordDict({"metrics": MetricRecord(
+        {"num-examples": num_examples, "eval_loss": loss, "eval_own_loss": own_loss,
+         "eval_accuracy": 0.5})}), reply_to=message)
+
+
+def trained_round(strategy, grid, offsets, server_round=1):
+    """A train round whose tiny-bert clients move every tensor by ``offsets[0]`` and the
+    wide family's by ``offsets[1]`` (10 examples each)."""
+    messages = list(strategy.configure_train(server_round, strategy.global_arrays,
+                                             ConfigRecord(), grid))
+    by_family = dict(zip(WIDTHS.split(","), offsets))
+    strategy.aggregate_train(server_round, [answer(m, by_family[strategy.directory.client_of(
+        m.metadata.dst_node_id).family], 10)[0] for m in messages])
+
+
+@pytest.mark.parametrize("fraction_evaluate", [1.0, 0.0])
+def test_the_family_gate_keeps_a_family_s_own_step_when_the_shared_one_hurts_it(
+        fraction_evaluate):
+    config = hetero(**{"heterotune.cmga": False, "fraction-evaluate": fraction_evaluate})
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid)
+    before = {f: dict(t) for f, t in strategy.global_models().items()}
+    common = [n for n in before["tiny-bert"] if is_shared(n)]
+    trained_round(strategy, grid, (1.0, -2.0))  # shared step: (20 - 40) / 40 = -0.5
+    evaluations = list(strategy.configure_evaluate(1, strategy.global_arrays, ConfigRecord(),
+                                                   grid))
+    assert len(evaluations) == 4  # with fraction-evaluate 0: the round's trainers
+    family = {m.metadata.dst_node_id: strategy.directory.client_of(
+        m.metadata.dst_node_id).family for m in evaluations}
+    for message in evaluations:  # the own candidate: the family's own step on shared tensors
+        own = from_array_record(message.content["family-own"])
+        sent = from_array_record(message.content["arrays"])
+        step = 1.0 if family[message.metadata.dst_node_id] == "tiny-bert" else -2.0
+        for name in common:
+            np.testing.assert_allclose(own[name], before["tiny-bert"][name] + step, atol=1e-5)
+            np.testing.assert_allclose(sent[name], before["tiny-bert"][name] - 0.5, atol=1e-5)
+    # tiny-bert's clients find the shared step worse (1.0 against 0.6 and 0.8), the wide
+    # family's find it better; one wide client's broken loss is left out.
+    losses = {"tiny-bert": [(1.0, 0.6), (1.0, 0.8)],
+              "tiny-bert-w64": [(0.5, 0.7), (0.4, float("nan"))]}
+    strategy.aggregate_evaluate(1, [evaluated(m, *losses[family[m.metadata.dst_node_id]].pop(0))
+                                    for m in evaluations])
+    metrics = strategy.round_metrics()
+    assert metrics["family_gate"] == {"tiny-bert": "own", "tiny-bert-w64": "shared"}
+    assert metrics["family_gate_losses"] == {"tiny-bert": pytest.approx([1.0, 0.7]),
+                                             "tiny-bert-w64": pytest.approx([0.5, 0.7])}
+    after = strategy.global_models()
+    for name in common:
+        np.testing.assert_allclose(after["tiny-bert"][name], before["tiny-bert"][name] + 1.0,
+                                   atol=1e-5)
+        np.testing.assert_allclose(after["tiny-bert-w64"][name],
+                                   before["tiny-bert"][name] - 0.5, atol=1e-5)
+    # Round 2: the gated family keeps its copy and takes the next shared step on it.
+    state = strategy.state_dict()
+    trained_round(strategy, grid, (0.2, 0.2), server_round=2)
+    for name in common:
+        np.testing.assert_allclose(strategy.global_models()["tiny-bert"][name],
+                                   before["tiny-bert"][name] + 1.2, atol=1e-5)
+        np.testing.assert_allclose(strategy.global_models()["tiny-bert-w64"][name],
+                                   before["tiny-bert"][name] - 0.3, atol=1e-5)
+    restored = strategy_over(config, grid)  # the copy survives a restart
+    restored.load_state_dict(state)
+    for name in common:
+        np.testing.assert_allclose(restored.global_models()["tiny-bert"][name],
+                                   before["tiny-bert"][name] + 1.0, atol=1e-5)
+
+
+def test_without_the_family_gate_nothing_extra_is_sent_or_decided():
+    config = hetero(**{"heterotune.family-gate": False, "fraction-evaluate": 0.0})
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid)
+    trained_round(strategy, grid, (1.0, -2.0))
+    assert list(strategy.configure_evaluate(1, strategy.global_arrays, ConfigRecord(),
+                                            grid)) == []
+    assert "family_gate" not in strategy.round_metrics()
+
+
+def test_a_family_no_client_scores_keeps_the_shared_step(flwr_warnings):
+    config = hetero()
+    grid = LocalGrid.simulation(describe_family, num_nodes=4)
+    strategy = strategy_over(config, grid)
+    trained_round(strategy, grid, (1.0, -2.0))
+    shared_before = strategy.global_models()
+    evaluations = list(strategy.configure_evaluate(1, strategy.global_arrays, ConfigRecord(),
+                                                   grid))
+    wide = [m for m in evaluations
+            if strategy.directory.client_of(m.metadata.dst_node_id).family == "tiny-bert-w64"]
+    strategy.aggregate_evaluate(1, [evaluated(m, 1.0, 0.5) for m in wide])
+    assert strategy.round_metrics()["family_gate"] == {"tiny-bert": "unmeasured",
+                                                       "tiny-bert-w64": "own"}
+    assert any("no client of tiny-bert reported both losses" in line for line in flwr_warnings)
+    for name, value in shared_before["tiny-bert"].items():
+        assert np.array_equal(strategy.global_models()["tiny-bert"][name], value)
+
+
 def test_families_are_assigned_round_robin_by_mapping_or_by_node_config():
     config = hetero(**{"family-assignment": "3:tiny-bert"})
     assert [family_of(config, str(i)) for i in range(4)] == [
@@ -328,6 +425,10 @@ def test_two_rounds_across_two_widths_and_the_saved_adapters_reload(tmp_path, to
     assert ups["tiny-bert"] < ups["tiny-bert-w64"]  # the wide family's projections are larger
     assert all(v > 0 for v in last["family_peak_memory_mb"].values())
     assert 0.0 <= last["cmga_conflict_fraction"] <= 1.0
+    assert set(last["family_gate"]) == set(WIDTHS.split(","))
+    for family, decision in last["family_gate"].items():  # the clients scored both
+        shared_loss, own_loss = last["family_gate_losses"][family]
+        assert decision == ("own" if own_loss < shared_loss else "shared")
     task = load_task(config)
     for family, accuracy in last["family_accuracy"].items():
         model = load_dema_adapter(outputs.run_dir / "adapters" / family)

@@ -7,6 +7,7 @@ from pollen.dema import inject_dema
 from pollen.errors import ConfigError
 from pollen.models import WeightFormat, build_backbone, prepare_for_training
 from strategies.fedavg_per_family import family_common
+from strategies.heterotune.client import HeteroTuneClient
 from strategies.heterotune.config import HeteroTuneConfig
 from strategies.heterotune.strategy import HeteroTune
 from strategies.spec import MethodSpec
@@ -26,11 +27,12 @@ def build_dema_model(config: RunConfig, family: str, num_classes: int) -> nn.Mod
         raise ConfigError(f"heterotune.dema-target-modules: {error}") from error
 
 
-SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True,
+SPEC = MethodSpec("heterotune", config=HeteroTuneConfig, families=True, client=HeteroTuneClient(),
                   build_model=build_dema_model,
                   build=lambda setup: HeteroTune(
                       use_cmga=setup.config.method.cmga,
                       per_tensor=setup.config.method.cmga_granularity == "tensor",
+                      family_gate=setup.config.method.family_gate,
                       share_projections=setup.config.method.alignment(
                           setup.config.families) == "absolute",
                       **family_common(setup)))

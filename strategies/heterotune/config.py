@@ -29,6 +29,9 @@ class HeteroTuneConfig(Section):
     cmga: bool = setting(True)
     # tensor: CMGA's inner products and projections per shared tensor; vector: over all
     cmga_granularity: str = setting("tensor", one_of("tensor", "vector"))
+    # do no harm: a family keeps its own step when the shared one raises its clients'
+    # validation loss (``strategy.py``'s docstring: what it costs)
+    family_gate: bool = setting(True)
 
     def alignment(self, families: list[str]) -> str:
         """The layer alignment the run uses. 'auto': 'absolute' pairs layer l of every

@@ -62,20 +62,50 @@ layer l and a decoder's have nothing in common), so D/U and the heads stay per f
 methods.md shares experts "at the same relative depth" without naming which projections
 pair up; pairing by role is our reading.
 
-Message contract: the per-family one (``fedavg_per_family/strategy.py``).
+Do no harm (#34, ``heterotune.family-gate``, on by default). Sharing pays only if no
+family ends below what it would reach alone, so each round every family that trained has
+two candidates for the shared tensors it holds: the shared step above (``base_f + step``)
+and its own step alone (``base_f + u_f``, what per-family FedAvg gives those tensors).
+The round's evaluation sends both to the family's clients (those sampled by
+``fraction-evaluate`` and those that trained this round) and each reports the validation
+loss of both on its local test split; the family keeps the shared step unless its own
+gives the lower example-weighted loss, in which case it keeps its own tensors, from then
+on as its own copy of the shared ones (it still takes later shared steps that pass the
+gate). Logged per round as ``family_gate`` (family -> ``shared``, ``own``, or
+``unmeasured`` when no client of the family answered: the shared step is kept) and
+``family_gate_losses`` (family -> [shared, own]). A family whose gate fires every round
+is per-family FedAvg on those tensors. What it costs: one more evaluation of the family
+model on each client's local test split per round, and the evaluate messages carry the
+own candidate besides the model (twice the evaluate download); when it fires, that family
+forgoes the others' updates for the round. The gate is our construction (the paper has
+none); it reads the clients' local test splits, which Pollen otherwise only reports.
+
+Message contract: the per-family one (``fedavg_per_family/strategy.py``); with the gate,
+an evaluate message may carry ArrayRecord ``family-own`` (the family's model after its
+own step, the names of ``arrays``), and its reply then reports ``eval_own_loss``.
 """
 
 from __future__ import annotations
 
 import random
-from logging import INFO
+from collections.abc import Iterable
+from logging import INFO, WARNING
 
 import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 
 from pollen.dema.model import is_projection, is_shared
+from pollen.records import to_array_record
 from pollen.seeding import derive_seed
-from strategies.fedavg_per_family.strategy import FamilyFedAvg, Reply, Tensors
+from strategies.base import StrategyState, metrics_of, prefixed, unprefixed
+from strategies.fedavg_per_family.strategy import ACCUMULATE, FamilyFedAvg, Reply, Tensors
+from strategies.validation import metric_problem
+
+OWN_KEY = "family-own"  # evaluate messages: the family's model after its own step alone
+OWN_LOSS = "eval_own_loss"
+DETACHED = "detached"  # state: a gated family's own copy of the shared tensors it holds
 
 
 def conflicts_and_cosines(updates: dict[str, Tensors], units: list[list[str]]
@@ -123,9 +153,14 @@ def cmga(updates: dict[str, Tensors], units: list[list[str]], order_seed: int
 
 class HeteroTune(FamilyFedAvg):
     def __init__(self, *, use_cmga: bool, per_tensor: bool, share_projections: bool,
-                 **kwargs) -> None:
+                 family_gate: bool = True, **kwargs) -> None:
         self.use_cmga, self.per_tensor = use_cmga, per_tensor
         self.share_projections = share_projections
+        self.family_gate = family_gate
+        # Families whose gate has fired: their own copy of the shared tensors they hold.
+        self.detached: dict[str, Tensors] = {}
+        # This round, per family that trained: its shared tensors after its own step.
+        self.own_step: dict[str, Tensors] = {}
         super().__init__(**kwargs)
 
     def summary(self) -> None:
@@ -133,6 +168,7 @@ class HeteroTune(FamilyFedAvg):
             ", ".join(f"{f}: {len(self.holds[f])}" for f in self.families),
             ("per tensor" if self.per_tensor else "over the whole vector") if self.use_cmga
             else "off (ablation)")
+        log(INFO, "\t├──> family gate: %s", "on" if self.family_gate else "off")
         super().summary()
 
     def split_models(self, models: dict[str, Tensors]) -> tuple[dict[str, Tensors], Tensors]:
@@ -153,17 +189,25 @@ class HeteroTune(FamilyFedAvg):
         return ({f: {n: v for n, v in t.items() if n not in shared}
                  for f, t in models.items()}, shared)
 
+    def shared_of(self, family: str) -> Tensors:
+        """The shared tensors the family holds, as it holds them (its own copy once its
+        gate has fired)."""
+        return self.detached.get(family) or {n: self.shared[n] for n in self.holds[family]}
+
     def family_model(self, family: str) -> Tensors:
-        return {**self.family_tensors[family], **{n: self.shared[n] for n in self.holds[family]}}
+        return {**self.family_tensors[family], **self.shared_of(family)}
 
     def combine_shared(self, groups: dict[str, list[Reply]], server_round: int) -> None:
         sizes = {f: float(sum(r.num_examples for r in replies)) for f, replies in groups.items()}
         updates = {}
         for family, replies in groups.items():
             updates[family] = {n: sum((r.num_examples / sizes[family])
-                                      * (r.tensors[n].astype(np.float64) - r.sent[n])
+                                      * (r.tensors[n].astype(ACCUMULATE) - r.sent[n])
                                       for r in replies)
                                for n in self.holds[family]}
+        self.own_step = {f: {n: (v.astype(ACCUMULATE) + updates[f][n]).astype(np.float32)
+                             for n, v in self.shared_of(f).items()}
+                         for f in updates} if self.family_gate else {}
         units = [[n] for n in sorted(self.shared)] if self.per_tensor else [sorted(self.shared)]
         conflict, cosines = conflicts_and_cosines(updates, units)
         self.family_metrics.update(cmga_conflict_fraction=conflict, cmga_cosines=cosines)
@@ -175,4 +219,78 @@ class HeteroTune(FamilyFedAvg):
                 continue
             total = sum(sizes[f] for f in holders)
             step = sum((sizes[f] / total) * updates[f][name] for f in holders)
-            self.shared[name] = (self.shared[name].astype(np.float64) + step).astype(np.float32)
+            for tensors in [self.shared, *self.detached.values()]:
+                if name in tensors:
+                    tensors[name] = (tensors[name].astype(ACCUMULATE) + step).astype(np.float32)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """Flower's evaluate sample; with the gate, also every client that trained this
+        round, and each message carries its family's own candidate."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        if not self.own_step:
+            return messages
+        sampled = {m.metadata.dst_node_id for m in messages}
+        messages += self._messages(server_round, arrays, config,
+                                   [n for n in self.sent if n not in sampled],
+                                   MessageType.EVALUATE)
+        for message in messages:
+            family = self._family_of_node(message.metadata.dst_node_id)
+            if family in self.own_step:
+                message.content[OWN_KEY] = to_array_record(
+                    {**self.family_tensors[family], **self.own_step[family]})
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if self.own_step:
+            self.gate(replies)
+        return metrics
+
+    def gate(self, replies: list[Message]) -> None:
+        """Each trained family keeps the candidate with the lower example-weighted loss on
+        its clients' local test splits (the module docstring)."""
+        losses: dict[str, np.ndarray] = {}
+        for reply in replies:
+            if reply.has_error() or metric_problem(reply.content, self.weighted_by_key):
+                continue
+            metrics = metrics_of(reply)
+            if OWN_LOSS not in metrics or "eval_loss" not in metrics:
+                continue
+            pair = np.array([float(metrics["eval_loss"]), float(metrics[OWN_LOSS]), 1.0])
+            if not np.isfinite(pair).all():
+                continue  # one client's broken loss does not decide for its family
+            family = self._family_of_node(reply.metadata.src_node_id)
+            losses[family] = (losses.get(family, np.zeros(3))
+                              + float(metrics[self.weighted_by_key]) * pair)
+        decisions, measured = {}, {}
+        for family, own in self.own_step.items():
+            if family not in losses or losses[family][2] <= 0:
+                decisions[family] = "unmeasured"
+                log(WARNING, "family gate: no client of %s reported both losses; it keeps "
+                    "the shared step", family)
+                continue
+            shared_loss, own_loss = losses[family][:2] / losses[family][2]
+            measured[family] = [float(shared_loss), float(own_loss)]
+            decisions[family] = "own" if own_loss < shared_loss else "shared"
+            if decisions[family] == "own":
+                self.detached[family] = own
+                log(INFO, "family gate: %s keeps its own step (validation loss %.4f, "
+                    "shared step %.4f)", family, own_loss, shared_loss)
+        self.own_step = {}
+        self.family_metrics.update(family_gate=decisions, family_gate_losses=measured)
+        self.global_arrays = to_array_record(self.flat())
+
+    def flat(self) -> Tensors:
+        tensors = super().flat()
+        for family, own in self.detached.items():
+            tensors.update(prefixed(own, f"{DETACHED}/{family}/"))
+        return tensors
+
+    def load_state_dict(self, state: StrategyState) -> None:
+        super().load_state_dict(state)
+        flat = unprefixed(state["tensors"], "global/")
+        self.detached = {f: own for f in self.families
+                         if (own := unprefixed(flat, f"{DETACHED}/{f}/"))}
