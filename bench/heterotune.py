@@ -34,21 +34,17 @@ kept in ``pollen-runs/bench/heterotune-fleets-cells.json`` (resumes). --quick: t
 tiny-llama on a synthetic topics set, 4 clients, 1 round, seed 0 (a smoke run of the
 code path, under 2 minutes). A full cell takes about 10-20 minutes on one thread.
 
-memory: peak resident memory of one client's local training (64 AG News examples, batch
-32, 1 epoch, AdamW) per backbone, with DeMA adapters against full fine-tuning (every
-weight trainable), each in a fresh process so that the high-water marks do not mix.
-FAMILY ...: the backbones (default the MiniLM depths; ``minilm smollm2`` for #34's
-claim of about -50%). About a minute a MiniLM family.
+memory: one client's training step at the fleets' recipe (batch 8, 32 tokens), DeMA
+against full fine-tuning (every weight trainable), in MiB by what the bytes hold
+(``bench/memory.py``: a process's resident peak is dominated by the runtime and cannot
+be reset between cells). FAMILY ...: the backbones (default the MiniLM depths; ``minilm
+smollm2`` for #34's claim of about -50%). About a minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import resource
-import subprocess
-import sys
 
 import numpy as np
 
@@ -287,57 +283,58 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> 
                  f"--rows {','.join(rows)}" + (" --quick" if quick else ""), "\n".join(lines))
 
 
-def probe(family: str, mode: str) -> None:
-    """One client's training in this process; prints peak RSS before and after (MiB)."""
+def memory(families: tuple[str, ...]) -> None:
+    """DeMA against full fine-tuning, one training step each (``bench.memory``)."""
     import torch
 
+    from bench.memory import step_memory
     from pollen.data import load_task
     from pollen.models import build_backbone
-    from pollen.training import make_loader, torch_dataset, train
+    from pollen.training import batch_loss, make_loader, torch_dataset
     from strategies import build_model_for, run_config
 
-    config = run_config({**COMMON, "strategy": "heterotune", "model-families": family,
-                         "model": family})
-    task = load_task(config)
-    data = torch_dataset(task.pool.select(range(64)), "text", family, config.max_seq_len)
-    if mode == "dema":
-        model = build_model_for(config, family, task.num_classes)
-    else:
-        model = build_backbone(family, task.num_classes, config.seed)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    train(model, make_loader(data, 32, shuffle=True, seed=0), epochs=1, lr=0.003,
-          device=torch.device("cpu"), seed=0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before": before, "peak": peak, "trainable": trainable}))
-
-
-def memory(families: tuple[str, ...] = FAMILIES) -> None:
-    lines = ["Peak resident memory (ru_maxrss) of one client's local training: 64 AG News "
-             "examples, batch 32, sequence length 64, 1 epoch, AdamW, CPU; each cell a fresh "
-             "process. 'training' = peak minus the peak before training started (model and "
-             "data loaded).", "",
-             "| backbone | DeMA trainable | DeMA peak MiB | DeMA training MiB | full trainable "
-             "| full peak MiB | full training MiB | peak: DeMA / full |",
-             "|---|---|---|---|---|---|---|---|"]
+    cpu = torch.device("cpu")
+    batch_size, length = FLEET_COMMON["batch-size"], FLEET_COMMON["max-seq-len"]
+    lines = [f"One local training step (forward, backward, AdamW) on {batch_size} AG News "
+             f"examples of {length} tokens, the fleets' recipe, float32, CPU: MiB at the "
+             "step's peak by what the bytes hold (torch's memory profiler, "
+             "``bench/memory.py``). 'training state' is the peak minus the weights (what "
+             "training adds to holding the model). SmolLM2 is the decoder classifier of the "
+             "fleets (class head on its last token).", "",
+             "| backbone | adapter | trainable | weights | gradients | optimizer | "
+             "activations | peak total | training state |", "|---|---|---|---|---|---|---|---|---|"]
+    ratios = []
     for family in families:
+        config = run_config({**FLEET_COMMON, "strategy": "heterotune", "model": family,
+                             "model-families": family, "max-seq-len": length})
+        task = load_task(config)
+        data = torch_dataset(task.pool.select(range(batch_size)), "text", family, length)
+        batch = next(iter(make_loader(data, batch_size, shuffle=False, seed=0)))
+
+        def step(model, optimizer):
+            batch_loss(model, batch, cpu).backward()
+            optimizer.step()
+
         measured = {}
-        for mode in ("dema", "full"):
-            out = subprocess.run([sys.executable, "-m", "bench.heterotune", "probe", family,
-                                  mode], check=True, capture_output=True, text=True).stdout
-            measured[mode] = json.loads(out.strip().splitlines()[-1])
-        dema, full = measured["dema"], measured["full"]
-        lines.append(
-            f"| {family} | {dema['trainable']:,} | {dema['peak']:.0f} | "
-            f"{dema['peak'] - dema['before']:.0f} | {full['trainable']:,} | {full['peak']:.0f} | "
-            f"{full['peak'] - full['before']:.0f} | {dema['peak'] / full['peak']:.2f} |")
-    write_report("heterotune-memory", "HeteroTune: client peak memory against full fine-tuning",
-                 "python -m bench.heterotune memory", "\n".join(lines))
+        for adapter, model in (("dema", build_model_for(config, family, task.num_classes)),
+                               ("full", build_backbone(family, task.num_classes, config.seed))):
+            measured[adapter] = m = step_memory(model, step)
+            lines.append(f"| {family} | {adapter} | {m.trainable:,} | {m.weights:.0f} | "
+                         f"{m.gradients:.1f} | {m.optimizer:.1f} | {m.activations:.0f} | "
+                         f"{m.total:.0f} | {m.training_state:.0f} |")
+            print(lines[-1], flush=True)
+        ratios.append(f"| {family} | {measured['dema'].total / measured['full'].total:.2f} | "
+                      f"{measured['dema'].training_state / measured['full'].training_state:.2f} |")
+    lines += ["", "| backbone | peak total: DeMA / full | training state: DeMA / full |",
+              "|---|---|---|", *ratios]
+    write_report("heterotune-memory", "HeteroTune: client training memory against full "
+                 "fine-tuning", f"python -m bench.heterotune memory {' '.join(families)}",
+                 "\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("agnews", "memory", "probe", "fleets"))
+    parser.add_argument("suite", choices=("agnews", "memory", "fleets"))
     parser.add_argument("args", nargs="*")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
@@ -353,10 +350,8 @@ def main() -> None:
     elif args.suite == "agnews":
         agnews(args.rounds, [int(s) for s in args.seeds.split(",")],
                (args.rows or "heterotune,fedavg-per-family").split(","))
-    elif args.suite == "memory":
-        memory(tuple(args.args) or FAMILIES)
     else:
-        probe(*args.args)
+        memory(tuple(args.args) or FAMILIES)
 
 
 if __name__ == "__main__":
