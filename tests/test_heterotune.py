@@ -383,6 +383,28 @@ def test_the_lora_baselines_adapt_each_family_s_own_layers(strategy):
             assert set(model.peft_config["default"].target_modules) == modules
 
 
+@pytest.mark.slow  # builds both families' models for two strategies
+def test_hetlora_across_an_encoder_and_a_decoder_is_per_family_fedavg():
+    """No LoRA tensor or head of one family has a namesake in the other, so HetLoRA
+    (ranks 8, 8) shares nothing: the fleets bench's hetlora row is per-family FedAvg."""
+    grid = LocalGrid.simulation(describe_families(ACROSS), num_nodes=4)
+    models = {}
+    for strategy in ("hetlora", "fedavg-per-family"):
+        config = run_config({"strategy": strategy, "model-families": ACROSS,
+                             "model": "tiny-bert",
+                             **({"hetlora.ranks": "8,8"} if strategy == "hetlora" else {})})
+        built = strategy_over(config, grid)
+        messages = list(built.configure_train(1, built.global_arrays, ConfigRecord(), grid))
+        built.aggregate_train(1, [answer(m, 0.5 * (i + 1), 10 * (i + 1))[0]
+                                  for i, m in enumerate(messages)])
+        models[strategy] = built.global_models()
+    for family in ACROSS.split(","):
+        ours, theirs = models["hetlora"][family], models["fedavg-per-family"][family]
+        assert ours.keys() == theirs.keys()
+        for name, value in ours.items():
+            np.testing.assert_allclose(value, theirs[name], atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"model-families": "tiny-bert,gpt-9"}, "unknown model-families entry 'gpt-9'"),
     ({"model-families": "minilm,smollm2", "task": "instruct", "model": "smollm2"},
