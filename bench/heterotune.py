@@ -30,7 +30,8 @@ for it); local (each client alone for the same 30 steps, scored on the server's 
 split, the mean per family); all-smollm2 (the upper reference: all 10 clients on SmolLM2
 with FedAvg, reported in the SmolLM2 column). Each family's final accuracy on the server's
 test split, mean +- std over seeds and the per-seed gap to fedavg-per-family. Cells are
-kept in ``pollen-runs/bench/heterotune-fleets-cells.json`` (resumes). --quick: tiny-bert and
+kept in ``docs/benchmarks/heterotune-fleets-cells.json`` (committed: a run resumes from
+them, across sessions). --quick: tiny-bert and
 tiny-llama on a synthetic topics set, 4 clients, 1 round, seed 0 (a smoke run of the
 code path, under 2 minutes). A full cell takes about 10-20 minutes on one thread.
 
@@ -48,7 +49,7 @@ import functools
 
 import numpy as np
 
-from bench.common import AG_NEWS, RUNS, Cells, mean_std, run_in_process, write_report
+from bench.common import AG_NEWS, DOCS, RUNS, Cells, mean_std, run_in_process, write_report
 
 FAMILIES = ("minilm-l2", "minilm-l4", "minilm")
 COMMON = {"dataset": str(AG_NEWS), "model": "minilm", "model-families": ",".join(FAMILIES),
@@ -225,8 +226,8 @@ QUICK_FLEETS = {"8 minilm + 2 smollm2": {"tiny-bert": 3, "tiny-llama": 1},
 
 
 def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> None:
-    cells = Cells(RUNS / ("heterotune-fleets-quick-cells.json" if quick
-                          else "heterotune-fleets-cells.json"))
+    cells = Cells(RUNS / "heterotune-fleets-quick-cells.json" if quick
+                  else DOCS / "heterotune-fleets-cells.json")
     lines = ["AG News, 10 clients, Dirichlet 0.5, 3 rounds of 10 steps (batch 8, 32 tokens, "
              "AdamW lr 0.003); SmolLM2 classifies with a class head on its last token. Final "
              "accuracy of each family's model on the server's test split (5% of AG News), "
