@@ -167,11 +167,15 @@ def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cel
                            if key.split("/", 1)[1].startswith(cell + "/")})
             for row in rows:
                 done = cells.of(row, seeds)
-                if len(done) < len(seeds):
+                if not done:
                     continue
+                ran = [s for s in seeds if f"{s}/{row}" in cells.done]
+                # a screened row (not every seed) is listed with the seeds it ran
+                only = ("" if len(ran) == len(seeds)
+                        else f" (seed {', '.join(map(str, ran))} only)")
                 accuracy = [c["accuracy"][-1] for c in done]
                 f1 = [c["macro_f1"][-1] for c in done]
-                lines.append(f"| {row.split('/', 1)[1]} | {mean_std(accuracy)} | "
+                lines.append(f"| {row.split('/', 1)[1]}{only} | {mean_std(accuracy)} | "
                              f"{mean_std(f1)} | {', '.join(f'{v:.3f}' for v in accuracy)} | "
                              f"{', '.join(f'{v:.3f}' for v in f1)} |")
             lines.append("")
