@@ -75,6 +75,10 @@ GRID_ROWS = {
     # does not (its update is scale-free): momentum SGD keeps the first, and is fast
     "sgd-momentum": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01},
     "capped-8": {"max-steps": 8},  # AdamW, at most 8 local steps a round
+    # inverse-frequency class weights: a client that is mostly one class learns the others
+    "balanced": {"class-balanced-loss": True},
+    "sgd-momentum-balanced": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01,
+                              "class-balanced-loss": True},
     # the methods that hold labelled server data (item 3: guided >= central - 0.02)
     "central": {"strategy": "central"},
     "guided": {"strategy": "guided"},

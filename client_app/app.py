@@ -24,7 +24,8 @@ from pollen.config import RunConfig
 from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.records import ARRAYS_KEY, to_array_record
 from pollen.seeding import derive_seed
-from pollen.training import calibration_shift, evaluator_for, label_counts
+from pollen.training import (balanced_class_weights, calibration_shift, evaluator_for,
+                             label_counts)
 from pollen.training import make_loader
 from pollen.training import train as train_model
 from strategies import method_of
@@ -61,13 +62,18 @@ def describe(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"client": about}), reply_to=msg)
 
 
-def _calibration(config: RunConfig, data: ClientData) -> torch.Tensor | None:
-    """FedLC's logit shift from this client's train labels; a causal LM's instruction
-    tuning has no class logits, so ``logit-calibration`` applies to classifiers only."""
-    if config.logit_calibration <= 0 or data.modality == "instruct":
-        return None
-    return calibration_shift(label_counts(data.train, data.num_classes),
-                             config.logit_calibration)
+def _label_prior_terms(config: RunConfig, data: ClientData
+                       ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """FedLC's logit shift and the class-balanced weights, from this client's train
+    labels, when the run asks for them; a causal LM's instruction tuning has no class
+    logits, so ``logit-calibration`` and ``class-balanced-loss`` apply to classifiers
+    only."""
+    if data.modality == "instruct":
+        return None, None
+    counts = label_counts(data.train, data.num_classes)
+    return (calibration_shift(counts, config.logit_calibration)
+            if config.logit_calibration > 0 else None,
+            balanced_class_weights(counts) if config.class_balanced_loss else None)
 
 
 @app.train()
@@ -82,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = derive_seed(config.seed, "train", server_round, job.client_id)
     records = method.before_training(job, msg, model, seed)
     loader = make_loader(job.data.train, config.batch_size, shuffle=True, seed=seed)
+    logit_shift, class_weight = _label_prior_terms(config, job.data)
     reset_peak_memory(job.device)
     setup_seconds = time.perf_counter() - entered  # data, model and received tensors
     result = train_model(model, loader, epochs=config.local_epochs,
@@ -90,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
                          proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
                          anchor=anchor, seed=seed, max_steps=config.max_steps,
                          optimizer=config.local_optimizer,
-                         logit_shift=_calibration(config, job.data))
+                         logit_shift=logit_shift, class_weight=class_weight)
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss,
                             "train_seconds": result.seconds,
                             "peak_memory_mb": peak_memory_mb(job.device),

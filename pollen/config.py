@@ -76,6 +76,9 @@ class RunConfig(Settings):
     weight_decay: float = setting(0.0, non_negative)
     # FedLC's tau (pollen.training.calibration_shift): 0 trains on the plain logits.
     logit_calibration: float = setting(0.0, non_negative)
+    # Inverse-frequency class weights in each client's loss (pollen.training.
+    # balanced_class_weights).
+    class_balanced_loss: bool = setting(False)
     batch_size: int = setting(AUTO, at_least(1), auto=True)
     seed: int = setting(42)
     output_dir: str = setting("pollen-runs")

@@ -148,6 +148,20 @@ def calibration_shift(label_counts: np.ndarray, tau: float) -> torch.Tensor:
     return torch.from_numpy(tau * counts ** -0.25).float()
 
 
+def balanced_class_weights(label_counts: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency class weights, w_c = n / (K n_c) over the K classes a client
+    holds (0 for a class it lacks; they average 1 over its examples' classes): its loss
+    then weighs each class it holds equally, so a client that is mostly one class still
+    teaches the others (the class-balanced loss of King and Zeng's prior correction, as
+    FL studies of label imbalance use it). A one-class client is unchanged: its batches'
+    weighted mean is the plain one."""
+    counts = np.asarray(label_counts, dtype=np.float64)
+    held = counts > 0
+    weights = np.zeros_like(counts)
+    weights[held] = counts.sum() / (held.sum() * counts[held])
+    return torch.from_numpy(weights).float()
+
+
 def label_counts(split: datasets.Dataset, num_classes: int) -> np.ndarray:
     """Examples per class of a split with an integer ``label`` column."""
     return np.bincount(np.asarray(split["label"], dtype=np.int64), minlength=num_classes)
@@ -157,7 +171,8 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
           device: torch.device, proximal_mu: float = 0.0,
           anchor: list[torch.Tensor] | None = None, seed: int = 0,
           max_steps: int = 0, optimizer: LocalOptimizer = LocalOptimizer(),
-          logit_shift: torch.Tensor | None = None) -> TrainResult:
+          logit_shift: torch.Tensor | None = None,
+          class_weight: torch.Tensor | None = None) -> TrainResult:
     """``optimizer`` (AdamW by default) on the trainable parameters for ``epochs`` passes,
     or with ``max_steps`` > 0 for exactly that many steps (passes repeat as needed;
     FlowerTune's ``max-steps``).
@@ -165,7 +180,8 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
     With ``proximal_mu > 0`` the loss gains (mu/2) * ||w - a||^2 over the trainable
     parameters: a = ``anchor`` (a ``trainable_snapshot``) when given, else the values on
     entry (FedProx's proximal term). A classifier's loss reads its logits minus
-    ``logit_shift`` (``calibration_shift``); the reported loss is that calibrated one.
+    ``logit_shift`` (``calibration_shift``) and weighs its examples by ``class_weight``
+    (``balanced_class_weights``); the reported loss is that one.
     """
     torch.manual_seed(seed)
     model.to(device).train()
@@ -182,7 +198,7 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
     for _ in itertools.count() if max_steps else range(epochs):
         for batch in loader:
             with autocast(device):
-                loss = batch_loss(model, batch, device, logit_shift)
+                loss = batch_loss(model, batch, device, logit_shift, class_weight)
             objective = loss + proximal_term(params, anchor, proximal_mu) if anchor else loss
             step_rule.zero_grad(set_to_none=True)
             objective.backward()
@@ -245,10 +261,11 @@ class ServerTraining:
 
 
 def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-               logit_shift: torch.Tensor | None = None) -> torch.Tensor:
+               logit_shift: torch.Tensor | None = None,
+               class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of a batch: cross-entropy of the class logits (minus
-    ``logit_shift`` when given), or for a causal LM's token batch (``labels``) the mean
-    cross-entropy of its response tokens.
+    ``logit_shift`` when given; the ``class_weight``-weighted mean when given), or for a
+    causal LM's token batch (``labels``) the mean cross-entropy of its response tokens.
 
     Instruction tuning runs in this loop rather than trl's SFTTrainer: a trainer built
     per Flower round re-creates its accelerator, optimizer and data pipeline every round,
@@ -259,7 +276,9 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.d
     logits = logits_of(model, batch, device).float()
     if logit_shift is not None:
         logits = logits - logit_shift.to(device)
-    return nn.functional.cross_entropy(logits, batch["label"].to(device))
+    return nn.functional.cross_entropy(
+        logits, batch["label"].to(device),
+        weight=None if class_weight is None else class_weight.to(device))
 
 
 def macro_f1(truth: torch.Tensor, predicted: torch.Tensor) -> float:

@@ -9,8 +9,8 @@ from pollen.errors import ConfigError
 from pollen.models import build_model
 from pollen.optimizer import LocalOptimizer
 from pollen.catalog import SGD_LR
-from pollen.training import (batch_loss, calibration_shift, evaluate, make_loader,
-                             torch_dataset, train)
+from pollen.training import (balanced_class_weights, batch_loss, calibration_shift, evaluate,
+                             make_loader, torch_dataset, train)
 from strategies import run_config
 
 CPU = torch.device("cpu")
@@ -128,6 +128,27 @@ def test_logit_calibration_is_fedlc_s_loss_on_a_hand_made_batch():
     # first example: log(1 + e^-2.5 + e^-200), second: log(1 + e^-2 + e^-202)
     assert loss.item() == pytest.approx((np.log1p(np.exp(-2.5)) + np.log1p(np.exp(-2))) / 2)
     assert batch_loss(Fixed(), batch, CPU).item() > loss.item() + 0.15  # 0.265 uncalibrated
+
+
+def test_the_class_balanced_loss_weighs_each_held_class_equally_on_a_hand_made_batch():
+    """Counts (6, 2, 0): weights 8 / (2 * 6) and 8 / (2 * 2), the absent class 0; the
+    loss is the weighted mean of the examples' cross-entropies."""
+    weights = balanced_class_weights(np.array([6, 2, 0]))
+    torch.testing.assert_close(weights, torch.tensor([2 / 3, 2.0, 0.0]))
+    logits = torch.tensor([[2.0, 0.5, 1.0], [0.0, 3.0, -1.0], [1.0, 1.0, 1.0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, inputs):
+            return logits
+
+    batch = {"inputs": torch.zeros(3), "label": torch.tensor([0, 1, 0])}
+    each = -torch.log_softmax(logits, dim=1)[torch.arange(3), batch["label"]]
+    by_hand = (2 / 3 * each[0] + 2.0 * each[1] + 2 / 3 * each[2]) / (2 / 3 + 2.0 + 2 / 3)
+    torch.testing.assert_close(batch_loss(Fixed(), batch, CPU, class_weight=weights), by_hand)
+    assert batch_loss(Fixed(), batch, CPU).item() == pytest.approx(each.mean().item())
+    # a one-class client's batches keep their plain mean
+    single = balanced_class_weights(np.array([0, 5, 0]))
+    torch.testing.assert_close(single, torch.tensor([0.0, 1.0, 0.0]))
 
 
 def test_lr_auto_follows_the_optimizer():
