@@ -4,6 +4,7 @@
                                       [--rounds 5]
     python -m bench.heterotune memory [FAMILY ...]
     python -m bench.heterotune fleets [--seeds 0,1,2] [--rows ...] [--fleets ...] [--quick]
+                                      [--report-only]
 
 agnews: AG News test.csv, 9 clients (round-robin: 3 each of minilm-l2, minilm-l4 and
 minilm), Dirichlet 0.5, lr 0.003, 1 local epoch, the same seeds, splits and rounds for
@@ -225,27 +226,38 @@ QUICK_FLEETS = {"8 minilm + 2 smollm2": {"tiny-bert": 3, "tiny-llama": 1},
                 "2 minilm + 8 smollm2": {"tiny-bert": 1, "tiny-llama": 3}}
 
 
-def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool) -> None:
+def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool,
+           report_only: bool = False) -> None:
+    """Runs the missing cells (none with ``report_only``), then reports each fleet over
+    the seeds at which every row has its cell."""
     cells = Cells(RUNS / "heterotune-fleets-quick-cells.json" if quick
                   else DOCS / "heterotune-fleets-cells.json")
     lines = ["AG News, 10 clients, Dirichlet 0.5, 3 rounds of 10 steps (batch 8, 32 tokens, "
              "AdamW lr 0.003); SmolLM2 classifies with a class head on its last token. Final "
              "accuracy of each family's model on the server's test split (5% of AG News), "
-             f"mean +- std over seeds {','.join(map(str, seeds))}; gap: the row minus "
-             "fedavg-per-family at each seed (same split)." if not quick else
+             "mean +- std over the seeds named; gap: the row minus fedavg-per-family at each "
+             "seed (same split)." if not quick else
              "--quick: tiny-bert and tiny-llama on a synthetic topics set, a smoke run.", ""]
     for fleet in names:
         sizes = FLEETS[fleet] if not quick else QUICK_FLEETS[fleet]
         families = list(sizes)
-        # all-smollm2 is one federation whatever the fleet: one cell per seed; every row
-        # of a seed runs before the next seed, so a partial run compares like with like
-        done: dict[str, list[dict]] = {row: [] for row in rows}
-        for seed in seeds:
+
+        def key(row: str, fleet=fleet) -> str:  # all-smollm2: one federation for both
+            return row if row == "all-smollm2" else f"{fleet}/{row}"
+
+        # every row of a seed runs before the next seed, so a partial run compares like
+        # with like
+        for seed in [] if report_only else seeds:
             for row in rows:
-                done[row].append(cells.get(
-                    seed, row if row == "all-smollm2" else f"{fleet}/{row}",
-                    lambda row=row, seed=seed: _fleet_cell(fleet, row, seed, quick)))
-        lines += [f"### {fleet}" + (f" (quick: {sizes})" if quick else ""), "",
+                cells.get(seed, key(row),
+                          lambda row=row, seed=seed: _fleet_cell(fleet, row, seed, quick))
+        ran = [s for s in seeds if all(f"{s}/{key(row)}" in cells.done for row in rows)]
+        if not ran:
+            lines += [f"### {fleet}", "", "No seed has every row's cell yet.", ""]
+            continue
+        done = {row: cells.of(key(row), ran) for row in rows}
+        lines += [f"### {fleet}, seeds {', '.join(map(str, ran))}"
+                  + (f" (quick: {sizes})" if quick else ""), "",
                   "| row | " + " | ".join(f"{f} | gap per seed" for f in families) + " |",
                   "|---|" + "---|---|" * len(families)]
         base = done.get("fedavg-per-family")
@@ -343,11 +355,13 @@ def main() -> None:
                         help="agnews: default heterotune,fedavg-per-family; fleets: all")
     parser.add_argument("--fleets", default=",".join(FLEETS))
     parser.add_argument("--quick", action="store_true", help="fleets: a smoke run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="fleets: write the report from the stored cells, run nothing")
     args = parser.parse_args()
     if args.suite == "fleets":
         fleets([0] if args.quick else [int(s) for s in args.seeds.split(",")],
                (args.rows or ",".join(FLEET_ROWS)).split(","), args.fleets.split(","),
-               args.quick)
+               args.quick, args.report_only)
     elif args.suite == "agnews":
         agnews(args.rounds, [int(s) for s in args.seeds.split(",")],
                (args.rows or "heterotune,fedavg-per-family").split(","))
