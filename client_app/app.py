@@ -68,7 +68,8 @@ def _label_prior_terms(config: RunConfig, data: ClientData
     labels, when the run asks for them; a causal LM's instruction tuning has no class
     logits, so ``logit-calibration`` and ``class-balanced-loss`` apply to classifiers
     only."""
-    if data.modality == "instruct":
+    if data.modality == "instruct" or not (config.logit_calibration > 0
+                                           or config.class_balanced_loss):
         return None, None
     counts = label_counts(data.train, data.num_classes)
     return (calibration_shift(counts, config.logit_calibration)
@@ -127,8 +128,10 @@ def evaluate(msg: Message, context: Context) -> Message:
                             **{f"eval_{k}": v for k, v in result.metrics.items()}})
     if result.accuracy is not None:
         metrics["eval_accuracy"] = result.accuracy
-    # A method's further scores need the loss only: no generated answers.
-    score_loss = evaluator_for(data.modality, job.family, (), job.config.max_new_tokens)
+    # A method's further scores need the loss only: no generated answers; the scorer is
+    # built only when a method asks for one.
     metrics.update(method_of(job.config.strategy).client.after_evaluation(
-        job, msg, lambda other: score_loss(other, loader, job.device)))
+        job, msg, lambda other: evaluator_for(data.modality, job.family, (),
+                                              job.config.max_new_tokens)(other, loader,
+                                                                         job.device)))
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -158,3 +158,25 @@ def test_lr_auto_follows_the_optimizer():
     assert run_config({"optimizer": "sgd"}).lr == SGD_LR["cnn"] == 0.3
     with pytest.raises(ConfigError, match="lr 'auto' has no plain-SGD value .* set lr"):
         run_config({"model": "smollm2", "task": "instruct", "optimizer": "sgd"})
+
+
+def test_the_client_trains_with_the_label_prior_terms_its_run_asks_for():
+    """The client app's train step passes the class-balanced weights and FedLC's shift
+    from its own train labels, only when the run config asks, and never for instruct."""
+    import datasets
+
+    from client_app.app import _label_prior_terms
+    from client_app.job import ClientData
+
+    split = datasets.Dataset.from_dict({"label": [0, 0, 0, 1]})
+    data = ClientData(split, split, 3, "text")
+    assert _label_prior_terms(run_config({}), data) == (None, None)
+    shift, weights = _label_prior_terms(run_config({"class-balanced-loss": True}), data)
+    assert shift is None
+    torch.testing.assert_close(weights, balanced_class_weights(np.array([3, 1, 0])))
+    shift, weights = _label_prior_terms(run_config({"logit-calibration": 1.0}), data)
+    torch.testing.assert_close(shift, calibration_shift(np.array([3, 1, 0]), 1.0))
+    assert weights is None
+    instruct = ClientData(split, split, 3, "instruct")
+    assert _label_prior_terms(run_config({"class-balanced-loss": True}), instruct) == (
+        None, None)
