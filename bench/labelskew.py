@@ -80,6 +80,10 @@ GRID_ROWS = {
     "sgd-momentum-balanced": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01,
                               "class-balanced-loss": True},
     # the methods that hold labelled server data (item 3: guided >= central - 0.02)
+    # FedBABU: the head stays at its initial values in local training; only the features
+    # move, so a one-class client cannot drag the shared boundary towards its class
+    "frozen-head": {"head-lr-scale": 0.0},
+    "head-0.1": {"head-lr-scale": 0.1},  # the head at a tenth of AdamW's lr
     "central": {"strategy": "central"},
     "guided": {"strategy": "guided"},
     "guided-member": {"strategy": "guided", "guided.server-member": True},

@@ -74,6 +74,8 @@ class RunConfig(Settings):
     optimizer: str = setting("adamw", one_of("adamw", "sgd"))
     momentum: float = setting(0.0, _momentum)
     weight_decay: float = setting(0.0, non_negative)
+    # The classifier head's lr as a multiple of lr; 0 = a frozen head (FedBABU).
+    head_lr_scale: float = setting(1.0, non_negative)
     # FedLC's tau (pollen.training.calibration_shift): 0 trains on the plain logits.
     logit_calibration: float = setting(0.0, non_negative)
     # Inverse-frequency class weights in each client's loss (pollen.training.
@@ -234,7 +236,8 @@ class RunConfig(Settings):
 
     @property
     def local_optimizer(self) -> LocalOptimizer:
-        return LocalOptimizer(self.optimizer, self.momentum, self.weight_decay)
+        return LocalOptimizer(self.optimizer, self.momentum, self.weight_decay,
+                              self.head_lr_scale)
 
     @property
     def class_name_list(self) -> list[str]:
@@ -272,6 +275,10 @@ class RunConfig(Settings):
         if self.momentum and self.optimizer != "sgd":
             raise ConfigError(f"momentum ({self.momentum:g}) applies to optimizer 'sgd' only; "
                               f"optimizer is '{self.optimizer}'")
+        if self.head_lr_scale != 1.0 and self.task == "instruct":
+            raise ConfigError(f"head-lr-scale ({self.head_lr_scale:g}) scales the lr of a "
+                              "classifier head; task 'instruct' trains a causal LM, which "
+                              "has none")
         if self.lr_schedule != "constant" and self.lr_min >= self.lr:
             raise ConfigError(f"lr-min ({self.lr_min:g}) must be below lr ({self.lr:g}) for "
                               f"lr-schedule '{self.lr_schedule}'")

@@ -185,14 +185,15 @@ def train(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
     """
     torch.manual_seed(seed)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named_params]
     if proximal_mu <= 0:
         anchor = []
     elif anchor is None:
         anchor = trainable_snapshot(model)
     else:
         anchor = [a.to(device) for a in anchor]
-    step_rule = optimizer.build(params, lr)
+    step_rule = optimizer.build(named_params, lr)
     total_loss, steps = 0.0, 0
     start = time.perf_counter()
     for _ in itertools.count() if max_steps else range(epochs):

@@ -56,10 +56,12 @@ def test_same_seed_same_weights():
         np.testing.assert_array_equal(results[0][name], results[1][name])
 
 
-def test_sgd_step_is_w_minus_lr_times_the_gradient():
+@pytest.mark.parametrize("head_lr_scale", [1.0, 0.5, 0.0])
+def test_sgd_step_is_w_minus_lr_times_the_gradient(head_lr_scale):
     """optimizer = sgd: one step of train() moves every weight by exactly -lr * grad
-    (momentum and weight decay 0), where AdamW's first step is -lr * sign(grad)."""
-    config = run_config({"optimizer": "sgd"})
+    (momentum and weight decay 0), where AdamW's first step is -lr * sign(grad); the
+    head's by -lr * head-lr-scale * grad, so scale 0 (FedBABU) leaves it as it was."""
+    config = run_config({"optimizer": "sgd", "head-lr-scale": head_lr_scale})
     loader = _digits_loader(seed=3)
     model = build_model(RunConfig(), 10)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -70,9 +72,17 @@ def test_sgd_step_is_w_minus_lr_times_the_gradient():
     model.zero_grad()
     train(model, make_loader(loader.dataset, 32, True, 3), epochs=1, lr=0.05, device=CPU,
           seed=3, max_steps=1, optimizer=config.local_optimizer)
+    heads = [name for name in before if name.startswith("classifier.")]
+    assert heads
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), before[name] - 0.05 * grads[name])
-    assert config.local_optimizer == LocalOptimizer("sgd", 0.0, 0.0)
+        lr = 0.05 * (head_lr_scale if name in heads else 1.0)
+        torch.testing.assert_close(p.detach(), before[name] - lr * grads[name])
+    assert config.local_optimizer == LocalOptimizer("sgd", 0.0, 0.0, head_lr_scale)
+
+
+def test_head_lr_scale_is_refused_for_instruct():
+    with pytest.raises(ConfigError, match="head-lr-scale .* classifier head; task 'instruct'"):
+        run_config({"task": "instruct", "model": "smollm2", "head-lr-scale": 0.0})
 
 
 def test_momentum_is_refused_without_sgd():
