@@ -74,6 +74,9 @@ GRID_ROWS = {
     # a one-class client's gradient vanishes once it predicts its class; AdamW's step
     # does not (its update is scale-free): momentum SGD keeps the first, and is fast
     "sgd-momentum": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.01},
+    # the same with larger steps: plain momentum SGD is still climbing at round 4
+    "sgd-momentum-0.02": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.02},
+    "sgd-momentum-0.03": {"optimizer": "sgd", "momentum": 0.9, "lr": 0.03},
     "capped-8": {"max-steps": 8},  # AdamW, at most 8 local steps a round
     # inverse-frequency class weights: a client that is mostly one class learns the others
     "balanced": {"class-balanced-loss": True},
