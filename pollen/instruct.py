@@ -122,16 +122,18 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :width] if k in TOKEN_COLUMNS else v for k, v in batch.items()}
 
 
-def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-                  params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
-    """(mean cross-entropy over the batch's response tokens, their count); with
-    ``params``, through ``torch.func.functional_call`` with those tensors in place.
+def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                    params: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) at the positions that predict a response token in some row of
+    the batch, [rows, positions, vocabulary] and [rows, positions] (IGNORE_INDEX where a
+    row has no response token there); with ``params``, through
+    ``torch.func.functional_call`` with those tensors in place.
 
-    The LM head runs only at the positions that predict a response token in some row
-    (transformers' ``logits_to_keep`` with those positions), and the shifted cross-entropy
-    is taken there: the model's own loss would first compute the vocabulary logits of
-    every position, prompts included (for SmolLM2, 49,152 floats a token and most of a
-    step's activation memory), and throw them away."""
+    The LM head runs only at those positions (transformers' ``logits_to_keep``): the
+    model's own loss would first compute the vocabulary logits of every position,
+    prompts included (for SmolLM2, 49,152 floats a token and most of a step's
+    activation memory), and throw them away."""
     batch = trimmed(batch)
     targets = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
@@ -139,10 +141,20 @@ def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torc
               "attention_mask": batch["attention_mask"].to(device), "logits_to_keep": keep}
     output = (model(**inputs) if params is None
               else torch.func.functional_call(model, params, args=(), kwargs=inputs))
-    kept = targets[:, keep]
-    loss = nn.functional.cross_entropy(output.logits.float().flatten(0, 1), kept.flatten(),
+    return output.logits, targets[:, keep]
+
+
+def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                  params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+    """(mean cross-entropy over the batch's response tokens, their count), from
+    ``response_logits``."""
+    logits, targets = response_logits(model, batch, device, params)
+    return _cross_entropy(logits, targets), int((targets != IGNORE_INDEX).sum())
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                        ignore_index=IGNORE_INDEX)
-    return loss, int((kept != IGNORE_INDEX).sum())
 
 
 def normalised(text: str) -> str:
@@ -178,21 +190,24 @@ class InstructResult:
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokenizer,
              label_names: tuple[str, ...] | None, max_new_tokens: int) -> InstructResult:
     """Response loss over all response tokens; with ``label_names`` (label-as-response
-    data) also greedy generation of ``max_new_tokens`` from each prompt, read by
-    ``read_label``, scored by exact match and macro-F1 (an unreadable answer is wrong)."""
+    data) also the greedy answer of at most ``max_new_tokens`` to each prompt
+    (``greedy_answers``, from the same forward pass), read by ``read_label``, scored by
+    exact match and macro-F1 (an unreadable answer is wrong)."""
     from sklearn.metrics import f1_score
 
     model.to(device).eval()
     total, tokens, count, truth, predicted = 0.0, 0, 0, [], []
     for batch in loader:
-        loss, response_tokens = response_loss(model, batch, device)
-        total += float(loss) * response_tokens
+        logits, targets = response_logits(model, batch, device)
+        response_tokens = int((targets != IGNORE_INDEX).sum())
+        total += float(_cross_entropy(logits, targets)) * response_tokens
         tokens += response_tokens
         count += len(batch["input_ids"])
         if label_names:
             truth += batch["label"].tolist()
             predicted += [read_label(a, label_names) for a in
-                          generate(model, tokenizer, batch, device, max_new_tokens)]
+                          greedy_answers(model, tokenizer, batch, device, max_new_tokens,
+                                         logits, targets)]
     if count == 0:
         raise ValueError("cannot evaluate on an empty split")
     if not label_names:
@@ -204,16 +219,83 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
                           predicted_class_max_share(predicted))
 
 
+def greedy_answers(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
+                   device: torch.device, max_new_tokens: int, logits: torch.Tensor,
+                   targets: torch.Tensor) -> list[str]:
+    """What ``generate`` answers to each prompt of the batch, read first from the
+    teacher-forced pass over prompt + reference response (``response_logits``).
+
+    Greedy decoding is deterministic given its prefix: as long as the argmax at response
+    position k equals reference token k, greedy generation would have produced that
+    token, so the pass verifies the reference as a draft (speculative decoding with the
+    reference as the draft model). A row's answer is settled at a generated stop token
+    or after ``max_new_tokens``; a row whose argmax leaves the reference (that argmax is
+    the generated token) or outlives it continues with greedy generation from the
+    verified prefix. A row answered right costs one forward pass instead of two plus
+    decoding. transformers' assisted and prompt-lookup
+    decoding verify drafts the same way but only for one sequence at a time."""
+    stop_ids = _stop_token_ids(model, tokenizer)
+    predicted = logits.argmax(dim=-1).cpu()
+    answers, unsettled = [], {}
+    for row, row_targets in enumerate(targets.cpu()):
+        positions = (row_targets != IGNORE_INDEX).nonzero().squeeze(1)
+        generated: list[int] = []
+        for token, reference in zip(predicted[row, positions].tolist(),
+                                    row_targets[positions].tolist()):
+            generated.append(token)
+            if token in stop_ids or len(generated) == max_new_tokens:
+                break
+            if token != reference:  # generation goes on from a prefix the pass has not seen
+                unsettled[row] = generated
+                break
+        else:  # the reference ran out first (a response cut at max-seq-len)
+            unsettled[row] = generated
+        answers.append(generated)
+    if unsettled:
+        prompts = [ids[:n] + answers[row] for row, (ids, n) in enumerate(
+            zip(batch["input_ids"].tolist(), batch["prompt_length"].tolist()))
+            if row in unsettled]
+        continued = _greedy(model, tokenizer, prompts, device,
+                            [max_new_tokens - len(unsettled[row]) for row in unsettled])
+        for row, more in zip(unsettled, continued):
+            answers[row] = answers[row] + more
+    return tokenizer.batch_decode(answers, skip_special_tokens=True)
+
+
+def _stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
+    """The token ids greedy generation stops at: the model's generation config's eos
+    (what ``model.generate`` stops at), else the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    eos = config.eos_token_id if config is not None else None
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
 def generate(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
              device: torch.device, max_new_tokens: int) -> list[str]:
-    """Greedy answers to the batch's prompts (its first ``prompt_length`` tokens), left-
-    padded as decoder-only generation needs."""
+    """Greedy answers to the batch's prompts (its first ``prompt_length`` tokens)."""
     prompts = [ids[:n] for ids, n in zip(batch["input_ids"].tolist(),
                                          batch["prompt_length"].tolist())]
+    return tokenizer.batch_decode(_greedy(model, tokenizer, prompts, device,
+                                          [max_new_tokens] * len(prompts)),
+                                  skip_special_tokens=True)
+
+
+def _greedy(model: nn.Module, tokenizer, prompts: list[list[int]], device: torch.device,
+            max_new_tokens: list[int]) -> list[list[int]]:
+    """The generated token ids of each prompt, at most ``max_new_tokens[i]`` for prompt
+    i, left-padded as decoder-only generation needs; generation stops at a stop token."""
     width, pad_id = max(len(p) for p in prompts), pad_token_id(tokenizer)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                            max_new_tokens=max_new_tokens, do_sample=False,
+                            max_new_tokens=max(max_new_tokens), do_sample=False,
                             pad_token_id=pad_id)
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    stop_ids = _stop_token_ids(model, tokenizer)
+    answers = []
+    for ids, limit in zip(output[:, width:].tolist(), max_new_tokens):
+        ids = ids[:limit]
+        end = next((i for i, token in enumerate(ids) if token in stop_ids), len(ids) - 1)
+        answers.append(ids[:end + 1])
+    return answers

@@ -207,6 +207,50 @@ def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
     assert after < 0.7 * before
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("max_new_tokens", [8, 2])
+def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens):
+    """The evaluation's answers (verified against the reference in the loss's forward
+    pass, ``greedy_answers``) are greedy generation's (``generate``) on real SmolLM2
+    prompts: with AG News's labels as references, which it answers right or wrong, and
+    with its own greedy answers as references, which it settles without generating."""
+    from datasets import Dataset
+
+    from pollen.instruct import generate, greedy_answers, prompt_ids, response_logits
+
+    config = run_config({"task": "instruct", "model": "smollm2", "dataset": str(ag_news),
+                         "class-names": "World,Sports,Business,Sci/Tech", "max-seq-len": 128})
+    model = build_model(config, 4).eval()
+    tokenizer = build_tokenizer("smollm2")
+    device = torch.device("cpu")
+    pool = load_task(config).pool.select(range(16)).filter(  # prompts that fit max-seq-len
+        lambda row: len(prompt_ids(tokenizer, row["prompt"])) < 112)
+
+    def answers(split):
+        batch = next(iter(make_loader(torch_dataset(split, "instruct", "smollm2", 128),
+                                      len(split), False, 0)))
+        with torch.no_grad():
+            expected = generate(model, tokenizer, batch, device, max_new_tokens)
+            logits, targets = response_logits(model, batch, device)
+            calls = []
+            generate_of_model = model.generate
+            model.generate = lambda **kwargs: calls.append(1) or generate_of_model(**kwargs)
+            try:
+                verified = greedy_answers(model, tokenizer, batch, device, max_new_tokens,
+                                          logits, targets)
+            finally:
+                del model.generate
+        assert verified == expected
+        return expected, len(calls)
+
+    labelled, _ = answers(pool)
+    assert 0 < sum(read_label(a, config.class_name_list) == label for a, label in
+                   zip(labelled, pool["label"])) < len(pool)  # right and wrong answers
+    own = Dataset.from_dict({"prompt": pool["prompt"], "response": labelled,
+                             "label": pool["label"]})
+    assert answers(own) == (labelled, 0)
+
+
 def check_generate_and_export(run_dir, seed, tmp_path, capsys):
     """`pollen generate` answers with the run's final adapter exactly as greedy generation
     from the merged export does, and the export is the base with the adapter merged in."""

@@ -59,6 +59,10 @@ class DemaModel(nn.Module):
         """A causal LM backbone's own generation, through its DeMA layers."""
         return self.backbone.generate(**inputs)
 
+    @property
+    def generation_config(self):
+        return self.backbone.generation_config
+
     def save_pretrained(self, out_dir: Path) -> None:
         save_dema_adapter(self, Path(out_dir))
 
