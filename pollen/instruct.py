@@ -30,6 +30,7 @@ import torch
 from flwr.common.logger import log
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.utils import ModelOutput
 
 from pollen.errors import ConfigError
 from pollen.metrics import predicted_class_max_share
@@ -122,13 +123,14 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v[:, :width] if k in TOKEN_COLUMNS else v for k, v in batch.items()}
 
 
-def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-                    params: dict[str, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, targets) at the positions that predict a response token in some row of
-    the batch, [rows, positions, vocabulary] and [rows, positions] (IGNORE_INDEX where a
-    row has no response token there); with ``params``, through
-    ``torch.func.functional_call`` with those tensors in place.
+def response_forward(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
+                     params: dict[str, torch.Tensor] | None = None, use_cache: bool = False
+                     ) -> tuple[ModelOutput, torch.Tensor]:
+    """The model's output on the (trimmed) batch with logits only at the positions that
+    predict a response token in some row, [rows, positions, vocabulary], and the targets
+    there, [rows, positions] (IGNORE_INDEX where a row has no response token); with
+    ``params``, through ``torch.func.functional_call`` with those tensors in place; with
+    ``use_cache``, the output keeps the key-value cache of every position.
 
     The LM head runs only at those positions (transformers' ``logits_to_keep``): the
     model's own loss would first compute the vocabulary logits of every position,
@@ -138,18 +140,19 @@ def response_logits(model: nn.Module, batch: dict[str, torch.Tensor], device: to
     targets = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
     inputs = {"input_ids": batch["input_ids"].to(device),
-              "attention_mask": batch["attention_mask"].to(device), "logits_to_keep": keep}
+              "attention_mask": batch["attention_mask"].to(device), "logits_to_keep": keep,
+              "use_cache": use_cache}
     output = (model(**inputs) if params is None
               else torch.func.functional_call(model, params, args=(), kwargs=inputs))
-    return output.logits, targets[:, keep]
+    return output, targets[:, keep]
 
 
 def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
                   params: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
     """(mean cross-entropy over the batch's response tokens, their count), from
-    ``response_logits``."""
-    logits, targets = response_logits(model, batch, device, params)
-    return _cross_entropy(logits, targets), int((targets != IGNORE_INDEX).sum())
+    ``response_forward``."""
+    output, targets = response_forward(model, batch, device, params)
+    return _cross_entropy(output.logits, targets), int((targets != IGNORE_INDEX).sum())
 
 
 def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -198,16 +201,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
     model.to(device).eval()
     total, tokens, count, truth, predicted = 0.0, 0, 0, [], []
     for batch in loader:
-        logits, targets = response_logits(model, batch, device)
+        output, targets = response_forward(model, batch, device, use_cache=bool(label_names))
         response_tokens = int((targets != IGNORE_INDEX).sum())
-        total += float(_cross_entropy(logits, targets)) * response_tokens
+        total += float(_cross_entropy(output.logits, targets)) * response_tokens
         tokens += response_tokens
         count += len(batch["input_ids"])
         if label_names:
             truth += batch["label"].tolist()
             predicted += [read_label(a, label_names) for a in
                           greedy_answers(model, tokenizer, batch, device, max_new_tokens,
-                                         logits, targets)]
+                                         output, targets)]
     if count == 0:
         raise ValueError("cannot evaluate on an empty split")
     if not label_names:
@@ -220,23 +223,24 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
 
 
 def greedy_answers(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
-                   device: torch.device, max_new_tokens: int, logits: torch.Tensor,
+                   device: torch.device, max_new_tokens: int, output: ModelOutput,
                    targets: torch.Tensor) -> list[str]:
-    """What ``generate`` answers to each prompt of the batch, read first from the
-    teacher-forced pass over prompt + reference response (``response_logits``).
+    """What ``generate`` answers to each prompt of the batch, read from the teacher-forced
+    pass over prompt + reference response (``response_forward`` with its cache).
 
     Greedy decoding is deterministic given its prefix: as long as the argmax at response
     position k equals reference token k, greedy generation would have produced that
     token, so the pass verifies the reference as a draft (speculative decoding with the
     reference as the draft model). A row's answer is settled at a generated stop token
     or after ``max_new_tokens``; a row whose argmax leaves the reference (that argmax is
-    the generated token) or outlives it continues with greedy generation from the
-    verified prefix. A row answered right costs one forward pass instead of two plus
-    decoding. transformers' assisted and prompt-lookup
-    decoding verify drafts the same way but only for one sequence at a time."""
+    the generated token) or outlives it decodes on from the pass's key-value cache,
+    which holds its prompt and verified prefix already (``_decode_on``). So no prompt is
+    run twice, where loss then ``generate`` runs each prompt twice. transformers'
+    assisted and prompt-lookup decoding verify drafts the same way but for one sequence
+    at a time, and its ``generate`` cannot start from a right-padded cache."""
     stop_ids = _stop_token_ids(model, tokenizer)
-    predicted = logits.argmax(dim=-1).cpu()
-    answers, unsettled = [], {}
+    predicted = output.logits.argmax(dim=-1).cpu()
+    answers, unsettled = [], []
     for row, row_targets in enumerate(targets.cpu()):
         positions = (row_targets != IGNORE_INDEX).nonzero().squeeze(1)
         generated: list[int] = []
@@ -246,20 +250,45 @@ def greedy_answers(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
             if token in stop_ids or len(generated) == max_new_tokens:
                 break
             if token != reference:  # generation goes on from a prefix the pass has not seen
-                unsettled[row] = generated
+                unsettled.append(row)
                 break
         else:  # the reference ran out first (a response cut at max-seq-len)
-            unsettled[row] = generated
+            unsettled.append(row)
         answers.append(generated)
     if unsettled:
-        prompts = [ids[:n] + answers[row] for row, (ids, n) in enumerate(
-            zip(batch["input_ids"].tolist(), batch["prompt_length"].tolist()))
-            if row in unsettled]
-        continued = _greedy(model, tokenizer, prompts, device,
-                            [max_new_tokens - len(unsettled[row]) for row in unsettled])
-        for row, more in zip(unsettled, continued):
-            answers[row] = answers[row] + more
+        _decode_on(model, output.past_key_values, [answers[row] for row in unsettled],
+                   [int(batch["prompt_length"][row]) for row in unsettled],
+                   torch.tensor(unsettled), device, max_new_tokens, stop_ids)
     return tokenizer.batch_decode(answers, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def _decode_on(model: nn.Module, cache, answers: list[list[int]], prompt_lengths: list[int],
+               rows: torch.Tensor, device: torch.device, max_new_tokens: int,
+               stop_ids: set[int]) -> None:
+    """Greedy decoding of ``rows`` of a right-padded batch from its key-value ``cache``,
+    extending each of ``answers`` in place. Row i's cache is valid for its prompt and all
+    but the last of its answer tokens (the reference tokens the pass verified); the last
+    is fed next at the position after them, and each step appends one key column that the
+    attention mask opens for its row only."""
+    cache.batch_select_indices(rows.to(device))
+    width = cache.get_seq_length()
+    valid = torch.tensor([n + len(a) - 1 for n, a in zip(prompt_lengths, answers)])
+    mask = (torch.arange(width)[None, :] < valid[:, None]).long()
+    current = torch.tensor([a[-1] for a in answers])
+    finished = [False] * len(answers)
+    for step in range(max_new_tokens):
+        mask = torch.cat([mask, torch.ones(len(answers), 1, dtype=torch.long)], dim=1)
+        logits = model(input_ids=current[:, None].to(device), attention_mask=mask.to(device),
+                       position_ids=(valid + step)[:, None].to(device),
+                       past_key_values=cache, use_cache=True).logits
+        current = logits[:, -1].argmax(dim=-1).cpu()
+        for i, token in enumerate(current.tolist()):
+            if not finished[i]:
+                answers[i].append(token)
+                finished[i] = token in stop_ids or len(answers[i]) == max_new_tokens
+        if all(finished):
+            return
 
 
 def _stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
@@ -274,28 +303,14 @@ def _stop_token_ids(model: nn.Module, tokenizer) -> set[int]:
 
 def generate(model: nn.Module, tokenizer, batch: dict[str, torch.Tensor],
              device: torch.device, max_new_tokens: int) -> list[str]:
-    """Greedy answers to the batch's prompts (its first ``prompt_length`` tokens)."""
+    """Greedy answers to the batch's prompts (its first ``prompt_length`` tokens), left-
+    padded as decoder-only generation needs."""
     prompts = [ids[:n] for ids, n in zip(batch["input_ids"].tolist(),
                                          batch["prompt_length"].tolist())]
-    return tokenizer.batch_decode(_greedy(model, tokenizer, prompts, device,
-                                          [max_new_tokens] * len(prompts)),
-                                  skip_special_tokens=True)
-
-
-def _greedy(model: nn.Module, tokenizer, prompts: list[list[int]], device: torch.device,
-            max_new_tokens: list[int]) -> list[list[int]]:
-    """The generated token ids of each prompt, at most ``max_new_tokens[i]`` for prompt
-    i, left-padded as decoder-only generation needs; generation stops at a stop token."""
     width, pad_id = max(len(p) for p in prompts), pad_token_id(tokenizer)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                            max_new_tokens=max(max_new_tokens), do_sample=False,
+                            max_new_tokens=max_new_tokens, do_sample=False,
                             pad_token_id=pad_id)
-    stop_ids = _stop_token_ids(model, tokenizer)
-    answers = []
-    for ids, limit in zip(output[:, width:].tolist(), max_new_tokens):
-        ids = ids[:limit]
-        end = next((i for i, token in enumerate(ids) if token in stop_ids), len(ids) - 1)
-        answers.append(ids[:end + 1])
-    return answers
+    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

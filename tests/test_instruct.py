@@ -209,14 +209,16 @@ def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_new_tokens", [8, 2])
-def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens):
+def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens,
+                                                       monkeypatch):
     """The evaluation's answers (verified against the reference in the loss's forward
-    pass, ``greedy_answers``) are greedy generation's (``generate``) on real SmolLM2
-    prompts: with AG News's labels as references, which it answers right or wrong, and
-    with its own greedy answers as references, which it settles without generating."""
+    pass and decoded on from its cache, ``greedy_answers``) are greedy generation's
+    (``generate``) on real SmolLM2 prompts: with AG News's labels as references, which
+    it answers right or wrong, and with its own greedy answers as references, which it
+    settles without decoding."""
     from datasets import Dataset
 
-    from pollen.instruct import generate, greedy_answers, prompt_ids, response_logits
+    from pollen import instruct
 
     config = run_config({"task": "instruct", "model": "smollm2", "dataset": str(ag_news),
                          "class-names": "World,Sports,Business,Sci/Tech", "max-seq-len": 128})
@@ -224,28 +226,29 @@ def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens):
     tokenizer = build_tokenizer("smollm2")
     device = torch.device("cpu")
     pool = load_task(config).pool.select(range(16)).filter(  # prompts that fit max-seq-len
-        lambda row: len(prompt_ids(tokenizer, row["prompt"])) < 112)
+        lambda row: len(instruct.prompt_ids(tokenizer, row["prompt"])) < 112)
+    decoded_rows = []
+    decode_on = instruct._decode_on
+    monkeypatch.setattr(instruct, "_decode_on", lambda model, cache, answers, *rest: (
+        decoded_rows.append(len(answers)), decode_on(model, cache, answers, *rest)))
 
     def answers(split):
+        decoded_rows.clear()
         batch = next(iter(make_loader(torch_dataset(split, "instruct", "smollm2", 128),
                                       len(split), False, 0)))
         with torch.no_grad():
-            expected = generate(model, tokenizer, batch, device, max_new_tokens)
-            logits, targets = response_logits(model, batch, device)
-            calls = []
-            generate_of_model = model.generate
-            model.generate = lambda **kwargs: calls.append(1) or generate_of_model(**kwargs)
-            try:
-                verified = greedy_answers(model, tokenizer, batch, device, max_new_tokens,
-                                          logits, targets)
-            finally:
-                del model.generate
+            expected = instruct.generate(model, tokenizer, batch, device, max_new_tokens)
+            output, targets = instruct.response_forward(model, batch, device, use_cache=True)
+            verified = instruct.greedy_answers(model, tokenizer, batch, device,
+                                               max_new_tokens, output, targets)
         assert verified == expected
-        return expected, len(calls)
+        return expected, sum(decoded_rows)
 
-    labelled, _ = answers(pool)
-    assert 0 < sum(read_label(a, config.class_name_list) == label for a, label in
-                   zip(labelled, pool["label"])) < len(pool)  # right and wrong answers
+    labelled, decoded = answers(pool)
+    right = sum(read_label(a, config.class_name_list) == label for a, label in
+                zip(labelled, pool["label"]))
+    assert 0 < right < len(pool)  # right and wrong answers
+    assert decoded >= len(pool) - right  # a wrong answer leaves the reference
     own = Dataset.from_dict({"prompt": pool["prompt"], "response": labelled,
                              "label": pool["label"]})
     assert answers(own) == (labelled, 0)
