@@ -88,6 +88,14 @@ def held_out(dataset: torch.utils.data.Dataset, fraction: float, seed: int
 
 def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
                 seed: int) -> DataLoader:
+    """Batches of ``split``, shuffled (seeded) or in order. Unshuffled prompt/response
+    pairs (``instruct.tokenise``: what evaluation reads) come shortest first: a batch is
+    cut to its longest row (``instruct.trimmed``), so rows of like length compute few
+    padding tokens, and every evaluation metric is a sum over examples, which the order
+    leaves as it is."""
+    if not shuffle and "prompt_length" in split.column_names:
+        lengths = [sum(mask) for mask in split.with_format(None)["attention_mask"]]
+        split = split.select(np.argsort(lengths, kind="stable"))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator)
 

@@ -104,6 +104,36 @@ def test_the_response_loss_is_the_cross_entropy_of_the_response_tokens_alone(top
     assert float(loss) == pytest.approx(by_hand / n, rel=1e-5)
 
 
+def test_evaluation_reads_prompts_shortest_first_and_scores_the_same(topics_csv):
+    """An unshuffled instruct loader orders rows by length, so trimmed batches compute
+    fewer padding tokens, and the evaluation's loss and exact match are unchanged."""
+    from torch.utils.data import DataLoader
+
+    from pollen.instruct import evaluate, trimmed
+
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    model = build_model(config, 4).eval()
+    tokens = torch_dataset(load_task(config).pool.select(range(24)), "instruct",
+                           "tiny-llama", 96)
+    as_stored = DataLoader(tokens, batch_size=4)
+    ordered = make_loader(tokens, 4, False, 0)
+    lengths = [int(n) for batch in ordered for n in batch["attention_mask"].sum(dim=1)]
+    assert lengths == sorted(lengths)
+    assert sorted(tuple(b.tolist()) for batch in ordered for b in batch["input_ids"]) == \
+        sorted(tuple(b.tolist()) for batch in as_stored for b in batch["input_ids"])
+
+    def computed(loader):
+        return sum(trimmed(batch)["input_ids"].numel() for batch in loader)
+
+    assert computed(ordered) < computed(as_stored)
+    tokenizer = build_tokenizer("tiny-llama")
+    names = tuple(config.class_name_list)
+    before = evaluate(model, as_stored, torch.device("cpu"), tokenizer, names, 4)
+    after = evaluate(model, ordered, torch.device("cpu"), tokenizer, names, 4)
+    assert after.loss == pytest.approx(before.loss, rel=1e-5)
+    assert (after.accuracy, after.num_examples) == (before.accuracy, before.num_examples)
+
+
 @pytest.mark.parametrize("answer, expected", [
     ("Sport", 3), (" sport.\n", 3), ("SPACE station", 2), ("Sci/Tech", 4), ("sci tech!", 4),
     ("Sporting", -1), ("The topic is Sport", -1), ("", -1)])
@@ -217,6 +247,7 @@ def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens,
     it answers right or wrong, and with its own greedy answers as references, which it
     settles without decoding."""
     from datasets import Dataset
+    from torch.utils.data import DataLoader
 
     from pollen import instruct
 
@@ -234,8 +265,8 @@ def test_evaluation_answers_as_greedy_generation_does(ag_news, max_new_tokens,
 
     def answers(split):
         decoded_rows.clear()
-        batch = next(iter(make_loader(torch_dataset(split, "instruct", "smollm2", 128),
-                                      len(split), False, 0)))
+        batch = next(iter(DataLoader(torch_dataset(split, "instruct", "smollm2", 128),
+                                     batch_size=len(split))))  # in the split's order
         with torch.no_grad():
             expected = instruct.generate(model, tokenizer, batch, device, max_new_tokens)
             output, targets = instruct.response_forward(model, batch, device, use_cache=True)
