@@ -5,6 +5,7 @@
     python -m bench.llm memory [--quick]
     python -m bench.llm gguf-cache
     python -m bench.llm depth-layouts
+    python -m bench.llm cost [--quick]      (bench.llm_cost)
 
 gguf-cache: seconds to load SmolLM2's model and tokenizer from its GGUF file and from the
 node cache's transformers copy (pollen.nodecache), the first use's conversion, and the
@@ -479,7 +480,7 @@ def depth_layouts(out_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=("federated", "memory", "gguf-cache",
-                                            "depth-layouts"))
+                                            "depth-layouts", "cost"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=5)
@@ -493,6 +494,10 @@ def main() -> None:
         parser.error(f"unknown --runs {sorted(unknown)}: choose from {', '.join(RUN_ORDER)}")
     if args.suite == "memory":
         memory(args.quick, args.out)
+    elif args.suite == "cost":
+        from bench.llm_cost import cost
+
+        cost(args.quick, args.out)
     elif args.suite == "gguf-cache":
         print(gguf_cache(args.out).read_text())
     elif args.suite == "depth-layouts":
