@@ -251,17 +251,21 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool,
             for row in rows:
                 cells.get(seed, key(row),
                           lambda row=row, seed=seed: _fleet_cell(fleet, row, seed, quick))
-        ran = [s for s in seeds if all(f"{s}/{key(row)}" in cells.done for row in rows)]
-        if not ran:
+        # a row with no cell in this fleet (not run for it) is named, not reported
+        not_run = [row for row in rows
+                   if not any(f"{s}/{key(row)}" in cells.done for s in seeds)]
+        rows_run = [row for row in rows if row not in not_run]
+        ran = [s for s in seeds if all(f"{s}/{key(row)}" in cells.done for row in rows_run)]
+        if not ran or not rows_run:
             lines += [f"### {fleet}", "", "No seed has every row's cell yet.", ""]
             continue
-        done = {row: cells.of(key(row), ran) for row in rows}
+        done = {row: cells.of(key(row), ran) for row in rows_run}
         lines += [f"### {fleet}, seeds {', '.join(map(str, ran))}"
                   + (f" (quick: {sizes})" if quick else ""), "",
                   "| row | " + " | ".join(f"{f} | gap per seed" for f in families) + " |",
                   "|---|" + "---|---|" * len(families)]
         base = done.get("fedavg-per-family")
-        for row in rows:
+        for row in rows_run:
             parts = []
             for family in families:
                 values = [c["family_accuracy"].get(family) for c in done[row]]
@@ -272,7 +276,7 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool,
                     f"{v - b['family_accuracy'][family]:+.3f}" for v, b in zip(values, base)))
                 parts += [mean_std(values), gaps]
             lines.append(f"| {row} | " + " | ".join(parts) + " |")
-        for row in rows:
+        for row in rows_run:
             gates = [g for c in done[row] for g in c.get("gates") or [] if g]
             if gates:
                 lines.append(f"\n{row}: rounds in which a family kept its own step (family "
@@ -283,12 +287,14 @@ def fleets(seeds: list[int], rows: list[str], names: list[str], quick: bool,
                   "against full fine-tuning of its backbone (every weight down and up), first "
                   "seed:", "", "| row | " + " | ".join(families) + " |",
                   "|---|" + "---|" * len(families)]
-        for row in rows:
+        for row in rows_run:
             sent = done[row][0].get("bytes") if done[row] else None
             if sent:
                 lines.append(f"| {row} | " + " | ".join(
                     f"{sent[f]:,.0f} ({1 - sent[f] / (2 * full_bytes(f)):.2%} less)"
                     if f in sent else "" for f in families) + " |")
+        if not_run:
+            lines += ["", f"Rows not run for this fleet: {', '.join(not_run)}."]
         lines.append("")
     write_report("heterotune-fleets" + ("-quick" if quick else ""),
                  "HeteroTune across an encoder and a decoder, in uneven fleets (#34)",
