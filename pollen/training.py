@@ -93,7 +93,7 @@ def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
     cut to its longest row (``instruct.trimmed``), so rows of like length compute few
     padding tokens, and every evaluation metric is a sum over examples, which the order
     leaves as it is."""
-    if not shuffle and "prompt_length" in split.column_names:
+    if not shuffle and "prompt_length" in getattr(split, "column_names", ()):
         lengths = [sum(mask) for mask in split.with_format(None)["attention_mask"]]
         split = split.select(np.argsort(lengths, kind="stable"))
     generator = torch.Generator().manual_seed(seed)
