@@ -18,6 +18,15 @@ Each loop takes 2 warm-up steps and then 5 more; the report gives the median of 
 steps' seconds, real tokens/s (attention-mask tokens) and computed tokens/s (the padded
 batch: rows x its longest row), and pollen's step against the plain loop's: above 1.1x
 the bench exits non-zero (the issue's regression check). --quick: the tiny random Llama.
+
+Then evaluation: the first EVAL_PROMPTS prompts of the server test split, zero-shot,
+batch 8, at section 9's 4 new tokens, two ways on the same model: the old path (in the
+split's order, the loss pass, then ``generate`` from each prompt) and Pollen's
+(``pollen.instruct.evaluate``: prompts shortest first, answers read from the loss's own
+forward pass, ``greedy_answers``), with their seconds, exact match (the same answers, or
+the bench exits non-zero) and real against computed tokens of the loss pass. And padding
+in training: real/computed tokens of TRAIN_PROMPTS pool prompts in shuffled batches of 8
+(the client's loader) and grouped by length (transformers' ``LengthGroupedSampler``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import torch
 from bench.common import AG_NEWS, DOCS, write_report
 
 WARM_UP, MEASURED, PROMPTS, MAX_SEQ_LEN, LR = 2, 5, 8, 160, 0.001
+EVAL_PROMPTS, TRAIN_PROMPTS, MAX_NEW_TOKENS = 48, 400, 4
 SLOWEST_POLLEN_RATIO = 1.1  # pollen's step against the plain peft loop's
 
 
@@ -126,6 +136,75 @@ def _trl_steps(model, tokenizer, pairs) -> tuple[list[float], int, int]:
     return seconds[WARM_UP:], sum(lengths), max(lengths) * len(lengths)
 
 
+def _padding(batches) -> tuple[int, int]:
+    """(real, computed) tokens of the loss pass over ``batches`` (each cut to its longest
+    row, ``instruct.trimmed``)."""
+    from pollen.instruct import trimmed
+
+    real = computed = 0
+    for batch in batches:
+        mask = trimmed(batch)["attention_mask"]
+        real, computed = real + int(mask.sum()), computed + mask.numel()
+    return real, computed
+
+
+def _evaluation(config, tokenizer, model, prompts: int) -> list[tuple]:
+    """Rows (path, seconds, exact match, real tokens, computed tokens) of the old and the
+    new evaluation of the server test split's first ``prompts`` prompts; SystemExit when
+    their answers differ."""
+    from torch.utils.data import DataLoader
+
+    from pollen.data import load_task
+    from pollen.instruct import evaluate, generate, read_label, response_loss
+    from pollen.training import make_loader, torch_dataset
+
+    split = load_task(config).server_test.select(range(prompts))
+    tokens = torch_dataset(split, "instruct", config.model, MAX_SEQ_LEN)
+    labels, device = tuple(config.class_name_list), torch.device("cpu")
+    in_order = list(DataLoader(tokens, batch_size=PROMPTS))
+    model.eval()
+    started = time.perf_counter()
+    answers = []
+    with torch.no_grad():
+        for batch in in_order:
+            response_loss(model, batch, device)
+            answers += [read_label(a, labels) for a in
+                        generate(model, tokenizer, batch, device, MAX_NEW_TOKENS)]
+    old_seconds = time.perf_counter() - started
+    old_match = sum(a == t for a, t in zip(answers, split["label"])) / prompts
+    shortest_first = make_loader(tokens, PROMPTS, shuffle=False, seed=0)
+    started = time.perf_counter()
+    with torch.no_grad():
+        result = evaluate(model, shortest_first, device, tokenizer, labels, MAX_NEW_TOKENS)
+    new_seconds = time.perf_counter() - started
+    if result.accuracy != old_match:
+        raise SystemExit(f"the evaluation's exact match {result.accuracy} is not the old "
+                         f"path's {old_match}")
+    return [("loss pass, then generate (in order)", old_seconds, old_match,
+             *_padding(in_order)),
+            ("pollen: answers from the loss pass (shortest first)", new_seconds,
+             result.accuracy, *_padding(shortest_first))]
+
+
+def _training_padding(config, model_name: str) -> list[tuple[str, int, int]]:
+    """(batching, real, computed) over TRAIN_PROMPTS pool prompts in batches of 8."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from pollen.data import load_task
+    from pollen.training import make_loader, torch_dataset
+
+    tokens = torch_dataset(load_task(config).pool.select(range(TRAIN_PROMPTS)), "instruct",
+                           model_name, MAX_SEQ_LEN)
+    lengths = [int(sum(mask)) for mask in tokens.with_format(None)["attention_mask"]]
+    grouped = LengthGroupedSampler(PROMPTS, lengths=lengths,
+                                   generator=torch.Generator().manual_seed(0))
+    return [("shuffled (the client's loader)",
+             *_padding(make_loader(tokens, PROMPTS, shuffle=True, seed=0))),
+            ("grouped by length (LengthGroupedSampler)",
+             *_padding(torch.utils.data.DataLoader(tokens, batch_size=PROMPTS,
+                                                   sampler=grouped)))]
+
+
 def cost(quick: bool, out_dir: Path = DOCS) -> Path:
     """The three loops' table (module docstring); SystemExit when pollen's step is above
     SLOWEST_POLLEN_RATIO x the plain loop's."""
@@ -165,6 +244,19 @@ def cost(quick: bool, out_dir: Path = DOCS) -> Path:
               f"{SLOWEST_POLLEN_RATIO}x)" + (f"; trl's / pollen's: "
                                              f"{medians['trl'] / medians['pollen']:.2f}x"
                                              if "trl" in medians else ""), trl_note]
+    prompts = PROMPTS if quick else EVAL_PROMPTS
+    evaluation = _evaluation(config, tokenizer, build_model(config, 0), prompts)
+    lines += [f"Evaluation of the server test split's first {prompts} prompts (zero-shot, "
+              f"batch {PROMPTS}, {MAX_NEW_TOKENS} new tokens):", "",
+              "| path | seconds | exact match | real tokens | computed tokens | real/computed |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {path} | {seconds:.1f} | {match:.3f} | {real} | {computed} | "
+              f"{real / computed:.3f} |" for path, seconds, match, real, computed in evaluation]
+    lines += ["", f"new / old: {evaluation[1][1] / evaluation[0][1]:.2f}x", "",
+              f"Padding in training, {TRAIN_PROMPTS} pool prompts in batches of {PROMPTS}:",
+              "", "| batches | real tokens | computed tokens | real/computed |", "|---|---|---|---|"]
+    lines += [f"| {name} | {real} | {computed} | {real / computed:.3f} |"
+              for name, real, computed in _training_padding(config, model_name)]
     report = write_report(f"llm-cost{'-quick' if quick else ''}",
                           "An LLM training step in three loops (#37)",
                           f"python -m bench.llm cost{' --quick' if quick else ''}",
