@@ -254,7 +254,8 @@ def cost(quick: bool, out_dir: Path = DOCS) -> Path:
               f"{real / computed:.3f} |" for path, seconds, match, real, computed in evaluation]
     lines += ["", f"new / old: {evaluation[1][1] / evaluation[0][1]:.2f}x", "",
               f"Padding in training, {TRAIN_PROMPTS} pool prompts in batches of {PROMPTS}:",
-              "", "| batches | real tokens | computed tokens | real/computed |", "|---|---|---|---|"]
+              "", "| batches | real tokens | computed tokens | real/computed |",
+              "|---|---|---|---|"]
     lines += [f"| {name} | {real} | {computed} | {real / computed:.3f} |"
               for name, real, computed in _training_padding(config, model_name)]
     report = write_report(f"llm-cost{'-quick' if quick else ''}",
