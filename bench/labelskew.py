@@ -36,7 +36,8 @@ above; ``4-class``: all of AG News's 7,600 test rows) at Dirichlet 0.1 and 0.3, 
 seeds; a seed whose Dirichlet split cannot be drawn is replaced by the next drawable
 one (``drawable_seeds``), and the report names the seeds it used. Rows are run-config
 overrides (``GRID_ROWS``): ``default`` names no key, so it is "today's default" at the
-commit that ran it; each cell is tagged with that commit. Reports the final accuracy
+commit that ran it; each cell is tagged with that commit. Remedies with no key are
+screened as rows too (``bench.labelskew_screens.SCREENS``). Reports the final accuracy
 and macro-F1 per cell (mean +- std and per seed), and the majority-class predictor's
 accuracy and macro-F1 beside them. About 3 minutes a binary cell and 7 a 4-class one
 on one thread.
@@ -45,6 +46,7 @@ on one thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -52,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import AG_NEWS, DOCS, RUNS, Cells, mean_std, run_in_process, write_report
+from bench.labelskew_screens import SCREENS
 
 MAJORITY, MINORITY = 3, 4  # AG News's Business and Sci/Tech
 MINORITY_ROWS = 1400
@@ -139,6 +142,10 @@ def majority_scores(labels: np.ndarray) -> tuple[float, float]:
     return float(share), float(2 * share / (1 + share) / len(counts))
 
 
+def _unpatched(keys: dict, num_clients: int) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cells,
          out_dir: Path, report_only: bool = False,
          alphas: tuple[float, ...] = GRID_ALPHAS) -> Path:
@@ -159,9 +166,13 @@ def grid(seeds_wanted: list[int], names: list[str], tasks: list[str], cells: Cel
             for seed in [] if report_only else seeds:
                 for name in names:
                     def compute(name=name, seed=seed) -> dict:
-                        _, rows, seconds = run_in_process(
-                            {**keys, **GRID_ROWS[name], "seed": seed}, 10,
-                            f"labelskew-grid-{task}-a{alpha:g}-{name}-seed{seed}")
+                        overrides, patch = (SCREENS[name] if name in SCREENS
+                                            else (GRID_ROWS[name], _unpatched))
+                        cell_keys = {**keys, **overrides, "seed": seed}
+                        with patch(cell_keys, 10):
+                            _, rows, seconds = run_in_process(
+                                cell_keys, 10,
+                                f"labelskew-grid-{task}-a{alpha:g}-{name}-seed{seed}")
                         return {"accuracy": [r["eval_accuracy"] for r in rows],
                                 "macro_f1": [r["eval_macro_f1"] for r in rows],
                                 "seconds": seconds}
@@ -322,7 +333,8 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="default 5,6,7 (grid: 0,1,2)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--only", default=",".join(VARIANTS))
-    parser.add_argument("--rows", default=",".join(GRID_ROWS), help="grid: the recipes")
+    parser.add_argument("--rows", default=",".join(GRID_ROWS),
+                        help=f"grid: the recipes ({', '.join([*GRID_ROWS, *SCREENS])})")
     parser.add_argument("--tasks", default=",".join(GRID_TASKS), help="grid: the tasks")
     parser.add_argument("--alphas", default=",".join(map(str, GRID_ALPHAS)),
                         help="grid: the Dirichlet alphas")
