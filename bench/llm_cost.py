@@ -148,10 +148,11 @@ def _padding(batches) -> tuple[int, int]:
     return real, computed
 
 
-def _evaluation(config, tokenizer, model, prompts: int) -> list[tuple]:
+def _evaluation(config, tokenizer, model, prompts: int) -> tuple[list[tuple], int]:
     """Rows (path, seconds, exact match, real tokens, computed tokens) of the old and the
-    new evaluation of the server test split's first ``prompts`` prompts; SystemExit when
-    their answers differ."""
+    new evaluation of the server test split's first ``prompts`` prompts, and how many of
+    them fit max-seq-len (the others are left out); SystemExit when their exact match
+    differs."""
     from torch.utils.data import DataLoader
 
     from pollen.data import load_task
@@ -164,14 +165,14 @@ def _evaluation(config, tokenizer, model, prompts: int) -> list[tuple]:
     in_order = list(DataLoader(tokens, batch_size=PROMPTS))
     model.eval()
     started = time.perf_counter()
-    answers = []
+    right = 0
     with torch.no_grad():
         for batch in in_order:
             response_loss(model, batch, device)
-            answers += [read_label(a, labels) for a in
-                        generate(model, tokenizer, batch, device, MAX_NEW_TOKENS)]
+            right += sum(read_label(a, labels) == truth for a, truth in zip(
+                generate(model, tokenizer, batch, device, MAX_NEW_TOKENS), batch["label"]))
     old_seconds = time.perf_counter() - started
-    old_match = sum(a == t for a, t in zip(answers, split["label"])) / prompts
+    old_match = right / len(tokens)  # a prompt longer than max-seq-len is not in tokens
     shortest_first = make_loader(tokens, PROMPTS, shuffle=False, seed=0)
     started = time.perf_counter()
     with torch.no_grad():
@@ -183,7 +184,7 @@ def _evaluation(config, tokenizer, model, prompts: int) -> list[tuple]:
     return [("loss pass, then generate (in order)", old_seconds, old_match,
              *_padding(in_order)),
             ("pollen: answers from the loss pass (shortest first)", new_seconds,
-             result.accuracy, *_padding(shortest_first))]
+             result.accuracy, *_padding(shortest_first))], len(tokens)
 
 
 def _training_padding(config, model_name: str) -> list[tuple[str, int, int]]:
@@ -245,9 +246,9 @@ def cost(quick: bool, out_dir: Path = DOCS) -> Path:
                                              f"{medians['trl'] / medians['pollen']:.2f}x"
                                              if "trl" in medians else ""), trl_note]
     prompts = PROMPTS if quick else EVAL_PROMPTS
-    evaluation = _evaluation(config, tokenizer, build_model(config, 0), prompts)
-    lines += [f"Evaluation of the server test split's first {prompts} prompts (zero-shot, "
-              f"batch {PROMPTS}, {MAX_NEW_TOKENS} new tokens):", "",
+    evaluation, kept = _evaluation(config, tokenizer, build_model(config, 0), prompts)
+    lines += [f"Evaluation of the server test split's first {prompts} prompts ({kept} fit "
+              f"max-seq-len; zero-shot, batch {PROMPTS}, {MAX_NEW_TOKENS} new tokens):", "",
               "| path | seconds | exact match | real tokens | computed tokens | real/computed |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {path} | {seconds:.1f} | {match:.3f} | {real} | {computed} | "
