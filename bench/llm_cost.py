@@ -25,9 +25,9 @@ split's order, the loss pass, then ``generate`` from each prompt) and Pollen's
 (``pollen.instruct.evaluate``: prompts shortest first, answers read from the loss's own
 forward pass, ``greedy_answers``), with their seconds, exact match (equal, or the bench
 exits non-zero; tests/test_instruct.py compares the answers themselves) and real against
-computed tokens of the loss pass. And padding
-in training: real/computed tokens of TRAIN_PROMPTS pool prompts in shuffled batches of 8
-(the client's loader) and grouped by length (transformers' ``LengthGroupedSampler``).
+computed tokens of the loss pass. And padding in training: real/computed tokens of
+TRAIN_PROMPTS pool prompts in shuffled batches of 8 (the client's loader) and grouped by
+length (transformers' ``LengthGroupedSampler``).
 """
 
 from __future__ import annotations
@@ -193,12 +193,11 @@ def _training_padding(config, model_name: str) -> list[tuple[str, int, int]]:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from pollen.data import load_task
-    from pollen.training import make_loader, torch_dataset
+    from pollen.training import make_loader, token_lengths, torch_dataset
 
     tokens = torch_dataset(load_task(config).pool.select(range(TRAIN_PROMPTS)), "instruct",
                            model_name, MAX_SEQ_LEN)
-    lengths = [int(sum(mask)) for mask in tokens.with_format(None)["attention_mask"]]
-    grouped = LengthGroupedSampler(PROMPTS, lengths=lengths,
+    grouped = LengthGroupedSampler(PROMPTS, lengths=token_lengths(tokens),
                                    generator=torch.Generator().manual_seed(0))
     return [("shuffled (the client's loader)",
              *_padding(make_loader(tokens, PROMPTS, shuffle=True, seed=0))),

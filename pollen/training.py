@@ -86,6 +86,11 @@ def held_out(dataset: torch.utils.data.Dataset, fraction: float, seed: int
     return rest, held
 
 
+def token_lengths(split: datasets.Dataset) -> list[int]:
+    """Real tokens (attention-mask ones) of each row of a tokenised split."""
+    return [int(sum(mask)) for mask in split.with_format(None)["attention_mask"]]
+
+
 def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
                 seed: int) -> DataLoader:
     """Batches of ``split``, shuffled (seeded) or in order. Unshuffled prompt/response
@@ -94,8 +99,7 @@ def make_loader(split: datasets.Dataset, batch_size: int, shuffle: bool,
     padding tokens, and every evaluation metric is a sum over examples, which the order
     leaves as it is."""
     if not shuffle and "prompt_length" in getattr(split, "column_names", ()):
-        lengths = [sum(mask) for mask in split.with_format(None)["attention_mask"]]
-        split = split.select(np.argsort(lengths, kind="stable"))
+        split = split.select(np.argsort(token_lengths(split), kind="stable"))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
