@@ -15,6 +15,13 @@ key; one that does not stays here with its numbers (docs/benchmarks.md section 7
 - ``fedavgm``: FedAvgM (Hsu et al., 2019, who measured it at Dirichlet alpha -> 0):
   v <- beta v + (mean - global), global <- global + v, beta 0.9, server lr 1; the
   clients train as ``sgd-momentum`` does.
+- ``fedadam-0.01`` / ``fedadam-0.03``: FedAdam (Reddi et al., ICLR 2021, "Adaptive
+  Federated Optimization"), Flower's arithmetic (``flwr.serverapp.strategy.FedAdam``:
+  beta1 0.9, beta2 0.99, tau 1e-3, its bias-corrected eta) at server lr eta 0.01 / 0.03
+  on the mean of the clients' deltas; the clients train with plain SGD (lr 'auto', 0.05),
+  whose local steps are proportional to their gradients, so the mean of one-class
+  clients' deltas is close to the gradient of their union, and the server's Adam step
+  restores AdamW's speed on that mean.
 - ``adamw-eps-0.03`` / ``adamw-eps-0.01``: AdamW with epsilon 0.03 / 0.01 (torch's
   default 1e-8). Its step is lr m / (sqrt(v) + eps): normalised where gradients are
   larger than eps, as today's default, and SGD-like (lr / eps times the gradient's
@@ -89,6 +96,41 @@ def _fedavgm(keys: dict, num_clients: int, beta: float = 0.9,
 
 
 @contextlib.contextmanager
+def _fedadam(keys: dict, num_clients: int, eta: float, beta_1: float = 0.9,
+             beta_2: float = 0.99, tau: float = 1e-3) -> Iterator[None]:
+    import strategies.base as base
+    from pollen.records import from_array_record, to_array_record
+
+    aggregate = base.PollenStrategy.aggregate_train
+    first: dict[str, np.ndarray] = {}
+    second: dict[str, np.ndarray] = {}
+
+    def with_adam(self, server_round, replies):
+        before = {k: np.array(v) for k, v in from_array_record(self.global_arrays).items()}
+        arrays, metrics = aggregate(self, server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        mean = from_array_record(arrays)
+        eta_norm = (eta * np.sqrt(1 - beta_2 ** (server_round + 1.0))
+                    / (1 - beta_1 ** (server_round + 1.0)))
+        updated = {}
+        for name, old in before.items():
+            delta = mean[name] - old
+            first[name] = beta_1 * first.get(name, 0.0) + (1 - beta_1) * delta
+            second[name] = beta_2 * second.get(name, 0.0) + (1 - beta_2) * delta ** 2
+            updated[name] = (old + eta_norm * first[name] / (np.sqrt(second[name]) + tau)
+                             ).astype(np.float32)
+        self.global_arrays = to_array_record(updated)
+        return self.global_arrays, metrics
+
+    base.PollenStrategy.aggregate_train = with_adam
+    try:
+        yield
+    finally:
+        base.PollenStrategy.aggregate_train = aggregate
+
+
+@contextlib.contextmanager
 def _adamw_eps(keys: dict, num_clients: int, eps: float) -> Iterator[None]:
     import torch
 
@@ -109,6 +151,8 @@ def _adamw_eps(keys: dict, num_clients: int, eps: float) -> Iterator[None]:
 SCREENS: dict[str, tuple[dict, Callable]] = {
     "class-balanced-aggregation": ({}, _class_balanced_aggregation),
     "fedavgm": (SGD_MOMENTUM, _fedavgm),
+    "fedadam-0.01": ({"optimizer": "sgd"}, functools.partial(_fedadam, eta=0.01)),
+    "fedadam-0.03": ({"optimizer": "sgd"}, functools.partial(_fedadam, eta=0.03)),
     "adamw-eps-0.03": ({}, functools.partial(_adamw_eps, eps=0.03)),
     "adamw-eps-0.01": ({}, functools.partial(_adamw_eps, eps=0.01)),
 }
