@@ -63,16 +63,35 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Starts a new peak for ``peak_memory_mb``: torch's allocator statistics on CUDA;
+    on Linux also the process's resident-set high-water mark (VmHWM), which writing 5 to
+    /proc/self/clear_refs resets (Linux 4.0 and later; proc(5))."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since ``reset_peak_memory``: torch.cuda.max_memory_allocated on CUDA;
-    on CPU the process's resident-set high-water mark (ru_maxrss), which cannot be reset:
-    a simulation worker that served several clients reports the largest so far."""
+    """Peak memory since ``reset_peak_memory``: torch.cuda.max_memory_allocated on CUDA,
+    else ``peak_rss_mb``."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    return peak_rss_mb()
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+def peak_rss_mb() -> float:
+    """The process's resident-set high-water mark in MiB: VmHWM since the last
+    ``reset_peak_memory`` on Linux; elsewhere ru_maxrss, which cannot be reset (a
+    process that served several clients then reports the largest so far)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
+    return peak / (2**20 if sys.platform == "darwin" else 1024)

@@ -184,7 +184,8 @@ def run(grid: Grid, config: RunConfig) -> RunOutputs:
     started = time.perf_counter()
     progress = Progress(config.num_server_rounds - first_round + 1, "rounds")
     for server_round in range(first_round, config.num_server_rounds + 1):
-        row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy))
+        row = run_round(grid, strategy, config, server_round, lambda: evaluator(strategy),
+                        evaluator.device)
         if publisher is not None:
             row["registry_published"] = publisher.publish_round(strategy, server_round)
         outputs.append_metrics(row)

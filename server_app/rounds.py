@@ -8,15 +8,18 @@ the strategy's own Flower hooks in the same order and records one metrics row a 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+import torch
 
 from pollen.config import RunConfig
+from pollen.device import peak_memory_mb, reset_peak_memory
 from pollen.exchange import exchange
 from pollen.metrics import ONE_CLASS_SHARE
 from pollen.records import array_bytes, encode_records
@@ -116,8 +119,38 @@ def one_class_warning(rows: list[dict]) -> str:
             "steps), fraction-train (more clients a round)")
 
 
+class _Phases:
+    """Each phase's seconds and the server process's peak memory during it
+    (``pollen.device.peak_memory_mb``, reset as the phase starts). In a simulation run
+    in one process (the benches' ``run_in_process``) the clients' training and
+    evaluation run inside the train and evaluate phases, so their peaks are the
+    clients'; deployed, they are the server's own (waiting, then decoding replies)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.peak_memory_mb: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        reset_peak_memory(self.device)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+            self.peak_memory_mb[name] = peak_memory_mb(self.device)
+
+
+def reproducible(row: dict) -> dict:
+    """A metrics row without its measurements of the machine (seconds, peak memory): what
+    a run at the same seed on CPU repeats exactly."""
+    return {k: v for k, v in row.items() if "seconds" not in k and k != "peak_memory_mb"}
+
+
 def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_round: int,
-              evaluate_global: Callable[[], dict[str, EvalResult]]) -> dict:
+              evaluate_global: Callable[[], dict[str, EvalResult]],
+              device: torch.device) -> dict:
     """One round of training, client evaluation and server evaluation; its metrics row.
 
     ``evaluate_global`` evaluates the global model of each family (one, unless the
@@ -126,16 +159,18 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
     ``Strategy.start()``, the strategy is handed an empty config and the arrays it holds;
     it adds the run record (the run config and the label names) to every message."""
     started = time.perf_counter()
+    phases = _Phases(device)
 
-    train_messages = list(strategy.configure_train(
-        server_round, strategy.global_arrays, ConfigRecord(), grid))
-    for message in train_messages:
-        encode_records(message.content, config.wire_dtype)
-    train_replies = exchange(grid, train_messages, config.round_timeout)
-    train_phase_seconds = time.perf_counter() - started
+    with phases("train"):
+        train_messages = list(strategy.configure_train(
+            server_round, strategy.global_arrays, ConfigRecord(), grid))
+        for message in train_messages:
+            encode_records(message.content, config.wire_dtype)
+        train_replies = exchange(grid, train_messages, config.round_timeout)
     # As received: aggregation replaces the replies' tensors with their decoded float32 form.
     bytes_up_of = {m.metadata.src_node_id: array_bytes(m.content) for m in _valid(train_replies)}
-    _, train_metrics = strategy.aggregate_train(server_round, train_replies)
+    with phases("aggregate"):  # guided's coefficient search runs here
+        _, train_metrics = strategy.aggregate_train(server_round, train_replies)
     rejected = dict(strategy.rejected)
     kept_previous_global = strategy.kept_previous_global
 
@@ -143,15 +178,13 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         server_round, strategy.global_arrays, ConfigRecord(), grid))
     for message in eval_messages:
         encode_records(message.content, config.wire_dtype)
-    eval_phase_started = time.perf_counter()
-    eval_replies = exchange(grid, eval_messages, config.round_timeout)
-    evaluate_phase_seconds = time.perf_counter() - eval_phase_started
+    with phases("evaluate"):
+        eval_replies = exchange(grid, eval_messages, config.round_timeout)
     eval_metrics = strategy.aggregate_evaluate(server_round, eval_replies)
     strategy_fields = strategy.round_metrics()  # a strategy may decide on the evaluation
 
-    server_eval_started = time.perf_counter()
-    server_evals = evaluate_global()
-    server_eval_seconds = time.perf_counter() - server_eval_started
+    with phases("server_eval"):
+        server_evals = evaluate_global()
     answered = _valid(train_replies)
     trained = [m for m in answered if m.metadata.src_node_id not in rejected]
     evaluated = _valid(eval_replies)
@@ -195,10 +228,13 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         "client_train_seconds_max": max(train_seconds, default=0.0),
         # From the round's start (train: sampling and encoding included) or from sending
         # the evaluate messages, to the phase's last reply.
-        "train_phase_seconds": train_phase_seconds,
-        "evaluate_phase_seconds": evaluate_phase_seconds,
-        "server_eval_seconds": server_eval_seconds,
+        "train_phase_seconds": phases.seconds["train"],
+        "aggregate_seconds": phases.seconds["aggregate"],
+        "evaluate_phase_seconds": phases.seconds["evaluate"],
+        "server_eval_seconds": phases.seconds["server_eval"],
         "round_seconds": time.perf_counter() - started,
+        # {phase: MiB} (_Phases)
+        "peak_memory_mb": phases.peak_memory_mb,
     }
     if len(server_evals) > 1:
         row.update(_per_family(strategy, server_evals, train_messages, train_replies,

@@ -13,6 +13,7 @@ from pollen.adapters import travelling_state
 from pollen.config import ConfigError, RunConfig
 from pollen.models import build_model
 from server_app.app import build_server_app, run
+from server_app.rounds import reproducible
 from strategies import run_config
 from strategies.fedprox.config import FedProxConfig
 from tests.localgrid import LocalGrid
@@ -77,8 +78,11 @@ def test_same_seed_same_metrics(tmp_path):
         config = RunConfig(num_server_rounds=2, fraction_train=0.5, output_dir=str(tmp_path),
                            run_name=name)
         outputs = run(LocalGrid.simulation(client_app, 6), config)
-        rows.append([{k: v for k, v in r.items() if "seconds" not in k}
-                     for r in outputs.read_metrics()])
+        rows.append([reproducible(r) for r in outputs.read_metrics()])
+        assert all(set(r["peak_memory_mb"]) == {"train", "aggregate", "evaluate",
+                                                "server_eval"}
+                   and min(r["peak_memory_mb"].values()) > 0 and r["aggregate_seconds"] > 0
+                   for r in outputs.read_metrics())
         # One process served every message: none after its first paid a start-up.
         assert all(r["startup_seconds"] == r["import_seconds"] == 0.0
                    for r in outputs.read_metrics())
@@ -134,3 +138,21 @@ def test_device_cuda_without_cuda_is_named():
 
     with pytest.raises(ConfigError, match="device=cuda was requested"):
         resolve_device("cuda")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's VmHWM")
+def test_peak_memory_is_the_peak_since_its_reset():
+    """A 400 MiB array raises the peak; after the reset the peak is the present resident
+    set again, and a 100 MiB array raises it by about that much."""
+    from pollen.device import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    large = np.ones(400 * 2**20 // 8)
+    before = peak_memory_mb(cpu)
+    del large
+    reset_peak_memory(cpu)
+    after_reset = peak_memory_mb(cpu)
+    assert after_reset < before - 300
+    small = np.ones(100 * 2**20 // 8)
+    assert 90 < peak_memory_mb(cpu) - after_reset < 130
+    del small
