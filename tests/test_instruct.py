@@ -403,15 +403,29 @@ def test_guided_searches_merges_by_the_response_loss(topics_csv):
                for _ in range(2)]
     outcome = search.merge(base, updates, [1, 3], seed=0)
     assert outcome.holdout_accuracy_average is None and outcome.holdout_accuracy_searched is None
-    # The start is the plain average, and L_s is its mean cross-entropy per response token.
+    # The start is the plain average, and L_s is the first search batch's mean
+    # cross-entropy per response token there.
     load_travelling_state(model, outcome.plain_average, what="plain average")
-    total, count = 0.0, 0
+    first_batch = next(iter(make_loader(tokens.select(range(8)), 3, True, 0)))
     with torch.no_grad():
-        for batch in make_loader(tokens.select(range(8)), 3, False, 0):
-            loss, response_tokens = response_loss(model.eval(), batch, torch.device("cpu"))
-            total, count = total + loss.item() * response_tokens, count + response_tokens
-    assert outcome.search_loss_before == pytest.approx(total / count, rel=1e-5)
-    assert outcome.search_loss_after < outcome.search_loss_before
+        loss = response_loss(model.eval(), first_batch, torch.device("cpu"))[0]
+    assert len(outcome.search_losses) == 3
+    assert outcome.search_losses[0] == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_guided_search_budget_left_at_auto_follows_the_server_data(topics_csv):
+    """An LLM's instruction pairs get SEARCH_BUDGET's causal (steps, batch); a key set
+    by the user is kept."""
+    from strategies.guided.strategy import SEARCH_BUDGET, GuidedMerge
+
+    config = run_config({**TINY_LLM, "dataset": str(topics_csv)})
+    model = build_model(config, 0)
+    tokens = torch_dataset(load_task(config).pool.select(range(12)), "instruct",
+                           "tiny-llama", config.max_seq_len)
+    search = GuidedMerge(model=model, search_data=tokens).search
+    assert (search.steps, search.batch_size) == SEARCH_BUDGET["causal"] == (8, 8)
+    search = GuidedMerge(model=model, search_data=tokens, search_steps=3).search
+    assert (search.steps, search.batch_size) == (3, 8)
 
 
 @pytest.mark.parametrize("strategy", ["guided", "fedmerge"])
@@ -436,7 +450,7 @@ def test_guided_and_fedmerge_run_on_an_llm(topics_csv, tmp_path, strategy):
     assert row["num_replies"] == 2 and 0.0 <= row["eval_accuracy"] <= 1.0
     if strategy == "guided":
         assert row["guided_atlas_size"] == 2
-        assert row["guided_search_loss_after"] < row["guided_search_loss_before"]
+        assert row["guided_search_steps"] == len(row["guided_search_losses"]) == 4
         assert row["guided_holdout_accuracy_average"] is None
     else:
         assert math.isfinite(row["personalized_accuracy"])

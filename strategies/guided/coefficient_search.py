@@ -23,6 +23,11 @@ global w:
 held-out part (the same domain) cannot see the harm; the trust region bounds that
 (docs/benchmarks.md gives the measurements behind rho's default).
 
+Each step's mini-batch loss is recorded (``search_losses``); the search part is not
+passed over whole before and after the search: for an LLM those two passes cost more
+than the search's steps at its defaults (#37, docs/benchmarks.md section 11), and the
+held-out losses of the plain average and of w(c*) say what the search changed.
+
 L_s is cross-entropy when D_s is labeled; for a causal LM (task instruct) it is the response
 loss, the mean cross-entropy of D_s's response tokens with the prompts masked as in the
 clients' training (a batch's mean weighted by its response tokens), and no accuracy is
@@ -93,8 +98,9 @@ class MergeOutcome:
     plain_average: Tensors
     coefficients: np.ndarray  # c*, shape (M,) or (M, L)
     start_coefficients: np.ndarray
-    search_loss_before: float  # L_s on the whole search part, at the start (plain average)
-    search_loss_after: float  # ... at c*
+    # L_s of each search step's mini-batch, at the coefficients the step started from
+    # (the first at c0: the plain average)
+    search_losses: list[float]
     holdout_loss_average: float
     holdout_loss_searched: float
     holdout_accuracy_average: float | None  # None when D_s is unlabeled
@@ -141,9 +147,8 @@ class CoefficientSearch:
             return params
 
         self.model.eval()
-        with torch.no_grad():
-            loss_before = self._mean_loss(merged_params(coefficients), self.search_set)[0]
         optimizer = torch.optim.Adam([coefficients], lr=self.lr)
+        search_losses = []
         for batch in self._batches(seed):
             loss = self._batch_loss(batch, merged_params(coefficients))[0]
             optimizer.zero_grad(set_to_none=True)
@@ -151,9 +156,9 @@ class CoefficientSearch:
             optimizer.step()
             with torch.no_grad():
                 coefficients.copy_(torch.clamp(coefficients, lower_t, upper_t))
+            search_losses.append(loss.item())
         with torch.no_grad():
             searched_params = merged_params(coefficients)
-            loss_after = self._mean_loss(searched_params, self.search_set)[0]
             holdout_searched = self._mean_loss(searched_params, self.holdout_set)
             searched = {n: searched_params[self.module_names[n]].detach().to(
                 "cpu", torch.float32).numpy().copy() for n in names}
@@ -162,8 +167,8 @@ class CoefficientSearch:
         return MergeOutcome(
             merged=plain if fallback else searched, plain_average=plain,
             coefficients=coefficients.detach().cpu().numpy().astype(np.float64),
-            start_coefficients=start, search_loss_before=loss_before,
-            search_loss_after=loss_after, holdout_loss_average=holdout_average[0],
+            start_coefficients=start, search_losses=search_losses,
+            holdout_loss_average=holdout_average[0],
             holdout_loss_searched=holdout_searched[0],
             holdout_accuracy_average=holdout_average[1],
             holdout_accuracy_searched=holdout_searched[1], fallback=fallback,

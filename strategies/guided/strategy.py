@@ -40,7 +40,7 @@ accuracy, with labels).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO
 
 import numpy as np
@@ -49,6 +49,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from torch import nn
 
+from pollen.config import AUTO
 from pollen.records import ARRAYS_KEY, array_views, from_array_record, to_array_record
 from pollen.seeding import derive_seed
 from pollen.training import ServerTraining, held_out, server_dataset
@@ -61,6 +62,14 @@ from strategies.guided.config import GuidedConfig
 
 
 DEFAULTS = GuidedConfig()
+# (search-steps, search-batch-size) for keys left at "auto", by what the server data
+# trains. A classifier's 20 x 32 is the setting guided's digits and AG News benches
+# measured (docs/benchmarks/guided-*.md). With an LLM's instruction pairs that search
+# cost twice the clients' training and its backward pass through 32 prompts made the
+# server peak at 12.7 GiB (#37); 8 steps of 8 prompts, a client's batch, cost about a
+# quarter of a round's training (3 clients of 10 steps) and a client's memory
+# (docs/benchmarks.md section 11 measures both).
+SEARCH_BUDGET = {"classifier": (20, 32), "causal": (8, 8)}
 
 
 class GuidedMerge(PollenStrategy):
@@ -110,11 +119,15 @@ class GuidedMerge(PollenStrategy):
             search_set, holdout_set = held_out(search_set, holdout_fraction, self.seed)
         else:
             holdout_set = server_dataset(holdout_data)[0]
+        first = search_set[0]  # instruction pairs carry response labels (pollen.instruct)
+        steps, batch_size = SEARCH_BUDGET[
+            "causal" if isinstance(first, Mapping) and "labels" in first else "classifier"]
         self.search = CoefficientSearch(
             model, search_set, holdout_set, loss="ce" if labeled else unlabeled_loss,
-            granularity=granularity, steps=search_steps, lr=search_lr,
-            batch_size=search_batch_size, device=next(model.parameters()).device,
-            trust_region=trust_region)
+            granularity=granularity, lr=search_lr,
+            steps=steps if search_steps == AUTO else search_steps,
+            batch_size=batch_size if search_batch_size == AUTO else search_batch_size,
+            device=next(model.parameters()).device, trust_region=trust_region)
         self.atlas = ModelAtlas(atlas_size, max_staleness, eviction_patience)
         self.server_member = server_member
         self.arrivals: list[AtlasEntry] = []
@@ -215,8 +228,8 @@ class GuidedMerge(PollenStrategy):
             "guided_holdout_loss_server_member": member_holdout[0],
             "guided_holdout_accuracy_server_member": member_holdout[1],
             "guided_departed": departed,
-            "guided_search_loss_before": outcome.search_loss_before,
-            "guided_search_loss_after": outcome.search_loss_after,
+            "guided_search_losses": outcome.search_losses,
+            "guided_search_steps": len(outcome.search_losses),
             "guided_holdout_loss_average": outcome.holdout_loss_average,
             "guided_holdout_loss_searched": outcome.holdout_loss_searched,
             "guided_holdout_accuracy_average": outcome.holdout_accuracy_average,
