@@ -5,7 +5,9 @@
     python -m bench.llm memory [--quick]
     python -m bench.llm gguf-cache
     python -m bench.llm depth-layouts
-    python -m bench.llm cost [--quick]      (bench.llm_cost)
+    python -m bench.llm cost [--quick] [--part all|loops|rounds] [--seeds 0,1,2]
+                             [--runs fedavg,guided,fedavg-int8]
+                             (bench.llm_cost: the loops; bench.llm_rounds: the rounds)
 
 gguf-cache: seconds to load SmolLM2's model and tokenizer from its GGUF file and from the
 node cache's transformers copy (pollen.nodecache), the first use's conversion, and the
@@ -485,19 +487,30 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--runs", default=",".join(RUN_ORDER),
-                        help="the rows to run now (the report covers every row's cells)")
+    parser.add_argument("--runs", help="the rows to run now (the report covers every row's "
+                        "cells); federated: all of RUN_ORDER, cost: bench.llm_rounds.RUNS")
     parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument("--part", choices=("all", "loops", "rounds"), default="all",
+                        help="cost: the three loops, evaluation and padding (loops), the "
+                             "round phases of fedavg, guided and int8 (rounds), or both")
     args = parser.parse_args()
-    unknown = set(args.runs.split(",")) - set(RUN_ORDER)
+    from bench.llm_rounds import RUNS
+
+    known = list(RUNS) if args.suite == "cost" else list(RUN_ORDER)
+    runs = args.runs.split(",") if args.runs else known
+    unknown = set(runs) - set(known)
     if unknown:
-        parser.error(f"unknown --runs {sorted(unknown)}: choose from {', '.join(RUN_ORDER)}")
+        parser.error(f"unknown --runs {sorted(unknown)}: choose from {', '.join(known)}")
     if args.suite == "memory":
         memory(args.quick, args.out)
     elif args.suite == "cost":
         from bench.llm_cost import cost
+        from bench.llm_rounds import rounds
 
-        cost(args.quick, args.out)
+        if args.part in ("all", "loops"):
+            cost(args.quick, args.out)
+        if args.part in ("all", "rounds"):
+            rounds(args.quick, [int(s) for s in args.seeds.split(",")], runs, args.out)
     elif args.suite == "gguf-cache":
         print(gguf_cache(args.out).read_text())
     elif args.suite == "depth-layouts":
@@ -506,7 +519,7 @@ def main() -> None:
         depth_layouts(args.out)
     else:
         federated(args.quick, [int(s) for s in args.seeds.split(",")], args.rounds,
-                  args.steps, args.out, tuple(args.runs.split(",")))
+                  args.steps, args.out, tuple(runs))
 
 
 if __name__ == "__main__":
