@@ -22,8 +22,8 @@ the bench exits non-zero (the issue's regression check). --quick: the tiny rando
 Then evaluation: the first EVAL_PROMPTS prompts of the server test split, zero-shot,
 batch 8, at section 9's 4 new tokens, two ways on the same model: the old path (in the
 split's order, the loss pass, then ``generate`` from each prompt) and Pollen's
-(``pollen.instruct.evaluate``: prompts shortest first, answers read from the loss's own
-forward pass, ``greedy_answers``), with their seconds, exact match (equal, or the bench
+(``pollen.instruct.evaluate``: prompts shortest first, the prompts' shared prefix run
+once, answers read from the loss's own forward pass, ``greedy_answers``), with their seconds, exact match (equal, or the bench
 exits non-zero; tests/test_instruct.py compares the answers themselves) and real against
 computed tokens of the loss pass. And padding in training: real/computed tokens of
 TRAIN_PROMPTS pool prompts in shuffled batches of 8 (the client's loader) and grouped by

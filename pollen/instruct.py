@@ -124,8 +124,8 @@ def trimmed(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def response_forward(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
-                     params: dict[str, torch.Tensor] | None = None, use_cache: bool = False
-                     ) -> tuple[ModelOutput, torch.Tensor]:
+                     params: dict[str, torch.Tensor] | None = None, use_cache: bool = False,
+                     share_prefix: bool = False) -> tuple[ModelOutput, torch.Tensor]:
     """The model's output on the (trimmed) batch with logits only at the positions that
     predict a response token in some row, [rows, positions, vocabulary], and the targets
     there, [rows, positions] (IGNORE_INDEX where a row has no response token); with
@@ -135,16 +135,43 @@ def response_forward(model: nn.Module, batch: dict[str, torch.Tensor], device: t
     The LM head runs only at those positions (transformers' ``logits_to_keep``): the
     model's own loss would first compute the vocabulary logits of every position,
     prompts included (for SmolLM2, 49,152 floats a token and most of a step's
-    activation memory), and throw them away."""
+    activation memory), and throw them away.
+
+    With ``share_prefix`` (no gradients), the leading tokens every row shares
+    (``shared_prefix_length``: the chat template's system turn and a task's fixed
+    instruction, some 40 of section 9's 120-token prompts) run once, for one row, and
+    their key-value cache is repeated for the rest: causal attention makes a position's
+    keys and values depend on the tokens before it only, so the rows' outputs are those
+    of the whole pass up to float rounding."""
     batch = trimmed(batch)
     targets = batch["labels"][:, 1:].to(device)  # position t predicts token t + 1
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    inputs = {"input_ids": batch["input_ids"].to(device),
-              "attention_mask": batch["attention_mask"].to(device), "logits_to_keep": keep,
-              "use_cache": use_cache}
-    output = (model(**inputs) if params is None
-              else torch.func.functional_call(model, params, args=(), kwargs=inputs))
+
+    def forward(**inputs):
+        return (model(**inputs) if params is None
+                else torch.func.functional_call(model, params, args=(), kwargs=inputs))
+
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    shared = shared_prefix_length(batch) if share_prefix else 0
+    inputs = {"attention_mask": mask, "use_cache": use_cache}
+    if shared:
+        cache = forward(input_ids=ids[:1, :shared], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(ids))
+        inputs["past_key_values"] = cache
+    output = forward(input_ids=ids[:, shared:], logits_to_keep=keep - shared, **inputs)
     return output, targets[:, keep]
+
+
+def shared_prefix_length(batch: dict[str, torch.Tensor]) -> int:
+    """How many leading tokens every row of the batch holds alike, stopping short of the
+    shortest prompt's last token (the position that predicts a response's first token
+    stays in the rest of the pass); 0 for a single row."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if len(ids) < 2:
+        return 0
+    alike = ((ids == ids[:1]).all(dim=0) & (mask == 1).all(dim=0)).long()
+    return max(0, min(int(alike.cumprod(dim=0).sum()),
+                      int(batch["prompt_length"].min()) - 1))
 
 
 def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device,
@@ -201,7 +228,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, tokeniz
     model.to(device).eval()
     total, tokens, count, truth, predicted = 0.0, 0, 0, [], []
     for batch in loader:
-        output, targets = response_forward(model, batch, device, use_cache=bool(label_names))
+        output, targets = response_forward(model, batch, device, use_cache=bool(label_names),
+                                           share_prefix=True)
         response_tokens = int((targets != IGNORE_INDEX).sum())
         total += float(_cross_entropy(output.logits, targets)) * response_tokens
         tokens += response_tokens

@@ -241,7 +241,8 @@ def test_a_few_lora_steps_on_the_real_smollm2_lower_its_response_loss(ag_news):
 def test_evaluation_answers_as_greedy_generation_does(ag_news, monkeypatch):
     """The evaluation's answers (verified against the reference in the loss's forward
     pass and decoded on from its cache, ``greedy_answers``) are greedy generation's
-    (``generate``) on real SmolLM2 prompts: with AG News's labels as references, which
+    (``generate``) on real SmolLM2 prompts, with the prompts' shared prefix run once
+    (``share_prefix``): with AG News's labels as references, which
     it answers right or wrong, and with its own greedy answers as references, which it
     settles without decoding; at 8 new tokens and at 2 (answers cut short)."""
     from datasets import Dataset
@@ -267,10 +268,15 @@ def test_evaluation_answers_as_greedy_generation_does(ag_news, monkeypatch):
                                      batch_size=len(split))))  # in the split's order
         with torch.no_grad():
             expected = instruct.generate(model, tokenizer, batch, device, max_new_tokens)
-            output, targets = instruct.response_forward(model, batch, device, use_cache=True)
+            output, targets = instruct.response_forward(model, batch, device, use_cache=True,
+                                                        share_prefix=True)
             verified = instruct.greedy_answers(model, tokenizer, batch, device,
                                                max_new_tokens, output, targets)
+            whole = instruct.response_forward(model, batch, device)[0].logits
         assert verified == expected
+        # the shared system turn and instruction ran once; the logits are the whole pass's
+        assert instruct.shared_prefix_length(batch) > 30
+        torch.testing.assert_close(output.logits, whole, atol=1e-4, rtol=1e-4)
         return expected, sum(decoded_rows)
 
     for max_new_tokens in (8, 2):
