@@ -46,11 +46,12 @@ steps, one seed.
 Duration on 2 CPU cores: one fedavg round of SmolLM2 took 322 s with client evaluation
 (training 161 s, the clients' evaluation 73 s, the server's 88 s); so some 4 minutes a
 round without, about 2.7 hours a seed at the defaults (5 rounds: the issue's "about 10"
-would be 5 hours a seed). Guided's rounds are three times longer: its coefficient search
-(20 Adam steps of 32 server prompts through SmolLM2, guided's defaults) took 642-905 s a
-round on one thread, against 204-456 s for the three clients' training, and a guided
-cell's process peaked at 12.7 GiB RSS (sampled with ps): two guided cells side by side do not fit in 24 GB
-(the kernel killed one; it resumed from its checkpoint). Each
+would be 5 hours a seed). Guided's rounds were three times longer in the cells of
+llm-cells-r5-s10.json: its coefficient search (20 Adam steps of 32 server prompts
+through SmolLM2, guided's defaults then) took 642-905 s a round on one thread, against
+204-456 s for the three clients' training, and a guided cell's process peaked at 12.7
+GiB RSS (sampled with ps). Since #37 an LLM's search is 8 steps of 8 prompts
+(``SEARCH_BUDGET``); ``python -m bench.llm cost --part rounds`` measures it. Each
 (seed, row) cell is kept as it ends and a rerun resumes, so the bench can run in parts; a
 cell killed mid-run resumes from its last round's checkpoint (``run_in_process``), to the
 same rows (checked on --quick's guided cell, killed after round 1).
