@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 import torch
 
 from pollen.config import RunConfig
-from pollen.device import peak_memory_mb, reset_peak_memory
+from pollen.device import peak_memory_mb, peak_rss_mb, reset_peak_memory
 from pollen.exchange import exchange
 from pollen.metrics import ONE_CLASS_SHARE
 from pollen.records import array_bytes, encode_records
@@ -120,16 +120,18 @@ def one_class_warning(rows: list[dict]) -> str:
 
 
 class _Phases:
-    """Each phase's seconds and the server process's peak memory during it
-    (``pollen.device.peak_memory_mb``, reset as the phase starts). In a simulation run
-    in one process (the benches' ``run_in_process``) the clients' training and
-    evaluation run inside the train and evaluate phases, so their peaks are the
-    clients'; deployed, they are the server's own (waiting, then decoding replies)."""
+    """Each phase's seconds and the server process's peak memory during it, reset as
+    the phase starts: its resident set (``pollen.device.peak_rss_mb``) and on CUDA
+    torch's allocator peak too. In a simulation run in one process (the benches'
+    ``run_in_process``) the clients' training and evaluation run inside the train and
+    evaluate phases, so their peaks are the clients'; deployed, they are the server's
+    own (waiting, then decoding replies)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = {}
         self.peak_memory_mb: dict[str, float] = {}
+        self.peak_cuda_memory_mb: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -139,13 +141,15 @@ class _Phases:
             yield
         finally:
             self.seconds[name] = time.perf_counter() - started
-            self.peak_memory_mb[name] = peak_memory_mb(self.device)
+            self.peak_memory_mb[name] = peak_rss_mb()
+            if self.device.type == "cuda":
+                self.peak_cuda_memory_mb[name] = peak_memory_mb(self.device)
 
 
 def reproducible(row: dict) -> dict:
     """A metrics row without its measurements of the machine (seconds, peak memory): what
     a run at the same seed on CPU repeats exactly."""
-    return {k: v for k, v in row.items() if "seconds" not in k and k != "peak_memory_mb"}
+    return {k: v for k, v in row.items() if "seconds" not in k and "memory_mb" not in k}
 
 
 def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_round: int,
@@ -233,8 +237,10 @@ def run_round(grid: Grid, strategy: PollenStrategy, config: RunConfig, server_ro
         "evaluate_phase_seconds": phases.seconds["evaluate"],
         "server_eval_seconds": phases.seconds["server_eval"],
         "round_seconds": time.perf_counter() - started,
-        # {phase: MiB} (_Phases)
+        # {phase: MiB} (_Phases); the CUDA allocator's on CUDA only
         "peak_memory_mb": phases.peak_memory_mb,
+        **({"peak_cuda_memory_mb": phases.peak_cuda_memory_mb}
+           if phases.peak_cuda_memory_mb else {}),
     }
     if len(server_evals) > 1:
         row.update(_per_family(strategy, server_evals, train_messages, train_replies,
