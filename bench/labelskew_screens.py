@@ -67,67 +67,56 @@ def _class_balanced_aggregation(keys: dict, num_clients: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _fedavgm(keys: dict, num_clients: int, beta: float = 0.9,
-             server_lr: float = 1.0) -> Iterator[None]:
+def _server_step(step: Callable[[int, str, np.ndarray], np.ndarray]) -> Iterator[None]:
+    """FedAvg's aggregation followed by a server optimiser: the new global of each tensor
+    is old + step(round, name, mean - old), ``step`` keeping its own state."""
     import strategies.base as base
     from pollen.records import from_array_record, to_array_record
 
     aggregate = base.PollenStrategy.aggregate_train
-    velocity: dict[str, np.ndarray] = {}
 
-    def with_momentum(self, server_round, replies):
+    def stepped(self, server_round, replies):
         before = {k: np.array(v) for k, v in from_array_record(self.global_arrays).items()}
         arrays, metrics = aggregate(self, server_round, replies)
         if arrays is None:
             return arrays, metrics
         mean = from_array_record(arrays)
-        for name, old in before.items():
-            velocity[name] = beta * velocity.get(name, 0.0) + (mean[name] - old)
         self.global_arrays = to_array_record({
-            name: (old + server_lr * velocity[name]).astype(np.float32)
+            name: (old + step(server_round, name, mean[name] - old)).astype(np.float32)
             for name, old in before.items()})
         return self.global_arrays, metrics
 
-    base.PollenStrategy.aggregate_train = with_momentum
+    base.PollenStrategy.aggregate_train = stepped
     try:
         yield
     finally:
         base.PollenStrategy.aggregate_train = aggregate
 
 
-@contextlib.contextmanager
-def _fedadam(keys: dict, num_clients: int, eta: float, beta_1: float = 0.9,
-             beta_2: float = 0.99, tau: float = 1e-3) -> Iterator[None]:
-    import strategies.base as base
-    from pollen.records import from_array_record, to_array_record
+def _fedavgm(keys: dict, num_clients: int, beta: float = 0.9, server_lr: float = 1.0
+             ) -> contextlib.AbstractContextManager:
+    velocity: dict[str, np.ndarray] = {}
 
-    aggregate = base.PollenStrategy.aggregate_train
+    def momentum(server_round: int, name: str, delta: np.ndarray) -> np.ndarray:
+        velocity[name] = beta * velocity.get(name, 0.0) + delta
+        return server_lr * velocity[name]
+
+    return _server_step(momentum)
+
+
+def _fedadam(keys: dict, num_clients: int, eta: float, beta_1: float = 0.9,
+             beta_2: float = 0.99, tau: float = 1e-3) -> contextlib.AbstractContextManager:
     first: dict[str, np.ndarray] = {}
     second: dict[str, np.ndarray] = {}
 
-    def with_adam(self, server_round, replies):
-        before = {k: np.array(v) for k, v in from_array_record(self.global_arrays).items()}
-        arrays, metrics = aggregate(self, server_round, replies)
-        if arrays is None:
-            return arrays, metrics
-        mean = from_array_record(arrays)
+    def adam(server_round: int, name: str, delta: np.ndarray) -> np.ndarray:
         eta_norm = (eta * np.sqrt(1 - beta_2 ** (server_round + 1.0))
                     / (1 - beta_1 ** (server_round + 1.0)))
-        updated = {}
-        for name, old in before.items():
-            delta = mean[name] - old
-            first[name] = beta_1 * first.get(name, 0.0) + (1 - beta_1) * delta
-            second[name] = beta_2 * second.get(name, 0.0) + (1 - beta_2) * delta ** 2
-            updated[name] = (old + eta_norm * first[name] / (np.sqrt(second[name]) + tau)
-                             ).astype(np.float32)
-        self.global_arrays = to_array_record(updated)
-        return self.global_arrays, metrics
+        first[name] = beta_1 * first.get(name, 0.0) + (1 - beta_1) * delta
+        second[name] = beta_2 * second.get(name, 0.0) + (1 - beta_2) * delta ** 2
+        return eta_norm * first[name] / (np.sqrt(second[name]) + tau)
 
-    base.PollenStrategy.aggregate_train = with_adam
-    try:
-        yield
-    finally:
-        base.PollenStrategy.aggregate_train = aggregate
+    return _server_step(adam)
 
 
 @contextlib.contextmanager
