@@ -27,6 +27,11 @@ key; one that does not stays here with its numbers (docs/benchmarks.md section 7
   larger than eps, as today's default, and SGD-like (lr / eps times the gradient's
   moving average) where they are smaller, so a one-class client's steps shrink once its
   loss does.
+- ``skewed-eps-0.03``: ``adamw-eps-0.03`` for a client whose train split is at least 90%
+  one class, today's AdamW for every other: the large epsilon damps the clients whose
+  scale-free steps carry the average to their class, and leaves the mixed clients,
+  whose speed the easier cells need, as they are. A client reads its own label counts
+  (FedLC's calibration does too), so a product version needs no new message.
 """
 
 from __future__ import annotations
@@ -136,6 +141,27 @@ def _adamw_eps(keys: dict, num_clients: int, eps: float) -> Iterator[None]:
         torch.optim.AdamW.__init__ = init
 
 
+@contextlib.contextmanager
+def _skewed_eps(keys: dict, num_clients: int, eps: float, share: float = 0.9
+                ) -> Iterator[None]:
+    import client_app.app as client
+
+    train = client.train_model
+
+    def train_model(model, loader, **kwargs):
+        counts = np.bincount(np.asarray(loader.dataset["label"]))
+        if counts.max() < share * counts.sum():
+            return train(model, loader, **kwargs)
+        with _adamw_eps(keys, num_clients, eps):
+            return train(model, loader, **kwargs)
+
+    client.train_model = train_model
+    try:
+        yield
+    finally:
+        client.train_model = train
+
+
 # name -> (run-config overrides, patch(keys, num_clients) held for the run)
 SCREENS: dict[str, tuple[dict, Callable]] = {
     "class-balanced-aggregation": ({}, _class_balanced_aggregation),
@@ -144,4 +170,5 @@ SCREENS: dict[str, tuple[dict, Callable]] = {
     "fedadam-0.03": ({"optimizer": "sgd"}, functools.partial(_fedadam, eta=0.03)),
     "adamw-eps-0.03": ({}, functools.partial(_adamw_eps, eps=0.03)),
     "adamw-eps-0.01": ({}, functools.partial(_adamw_eps, eps=0.01)),
+    "skewed-eps-0.03": ({}, functools.partial(_skewed_eps, eps=0.03)),
 }
