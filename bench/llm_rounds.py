@@ -17,7 +17,8 @@ resident set during it (reset as the phase starts; Linux). The report gives, per
 the phases' mean seconds and peak MiB over rounds and seeds, and per seed, side by side
 on the same splits: evaluation over training seconds ((evaluate + server evaluation) /
 train phase, summed over the rounds), guided's round seconds and peak memory (the
-largest phase's) over FedAvg's, and the final exact match of the three runs, mean +- std,
+largest phase's) over FedAvg's (the seconds also per training second, which divides out
+a machine load that differed between the two cells), and the final exact match of the three runs, mean +- std,
 with guided against section 9's 0.811 +- 0.012 and int8 against float32.
 
 Each (seed, run) cell is kept in ``llm-rounds-cells.json`` as it ends (a killed one
@@ -71,6 +72,15 @@ def _round_seconds(cell: dict) -> float:
     return float(np.mean([r["round_seconds"] for r in cell["rounds"]]))
 
 
+def _per_training_second(cell: dict) -> float:
+    """Round seconds over train-phase seconds, summed over the rounds: at one seed both
+    runs' train phases do the same work (the same clients, steps and prompts), so the
+    ratio of this between two runs is their rounds' ratio with the machine's load on
+    each divided out (cells that ran beside different benchmarks)."""
+    return (sum(r["round_seconds"] for r in cell["rounds"])
+            / sum(r["seconds"]["train"] for r in cell["rounds"]))
+
+
 def _peak(cell: dict) -> float:
     return max(max(r["peak_memory_mb"].values()) for r in cell["rounds"])
 
@@ -109,8 +119,8 @@ def rounds(quick: bool, seeds: list[int], runs: list[str], out_dir: Path = DOCS)
     lines += ["", "Per seed (the same splits): evaluation / training seconds, guided / "
               "fedavg in round seconds and in peak memory, and the final exact match.", "",
               "| seed | fedavg eval/train | guided eval/train | guided/fedavg seconds | "
-              "guided/fedavg peak memory | fedavg | guided | fedavg-int8 |",
-              "|---|---|---|---|---|---|---|---|"]
+              "the same per training second | guided/fedavg peak memory | fedavg | guided | "
+              "fedavg-int8 |", "|---|---|---|---|---|---|---|---|---|"]
     by_seed = {run: {s: cells.done.get(f"{s}/{run}") for s in seeds} for run in RUNS}
 
     def cell_text(run, seed, value):
@@ -124,7 +134,8 @@ def rounds(quick: bool, seeds: list[int], runs: list[str], out_dir: Path = DOCS)
             f"| {seed} | {cell_text('fedavg', seed, lambda c: f'{_eval_over_train(c):.3f}')} | "
             f"{cell_text('guided', seed, lambda c: f'{_eval_over_train(c):.3f}')} | "
             + (f"{_round_seconds(guided) / _round_seconds(fedavg):.2f} | "
-               f"{_peak(guided) / _peak(fedavg):.2f} | " if both else "- | - | ")
+               f"{_per_training_second(guided) / _per_training_second(fedavg):.2f} | "
+               f"{_peak(guided) / _peak(fedavg):.2f} | " if both else "- | - | - | ")
             + " | ".join(cell_text(run, seed, lambda c: f"{c['exact_match']:.3f}")
                          for run in RUNS) + " |")
     complete = {run: len(c) == len(seeds) for run, c in done.items()}
@@ -135,9 +146,12 @@ def rounds(quick: bool, seeds: list[int], runs: list[str], out_dir: Path = DOCS)
     if complete["fedavg"] and complete["guided"]:
         time_ratio = [_round_seconds(g) / _round_seconds(f)
                       for g, f in zip(done["guided"], done["fedavg"])]
+        load_free = [_per_training_second(g) / _per_training_second(f)
+                     for g, f in zip(done["guided"], done["fedavg"])]
         memory_ratio = [_peak(g) / _peak(f) for g, f in zip(done["guided"], done["fedavg"])]
         matches = [c["exact_match"] for c in done["guided"]]
-        lines += [f"Guided / fedavg: round seconds {mean_std(time_ratio)}, peak memory "
+        lines += [f"Guided / fedavg: round seconds {mean_std(time_ratio)} (per training "
+                  f"second {mean_std(load_free)}), peak memory "
                   f"{mean_std(memory_ratio)} (bound {GUIDED_BOUND}x); guided's exact match "
                   f"{mean_std(matches)} against section 9's {GUIDED_BEFORE[0]} +- "
                   f"{GUIDED_BEFORE[1]} (20 x 32 search): "
