@@ -160,3 +160,37 @@ def test_a_bench_run_killed_after_a_checkpoint_resumes_to_an_unbroken_runs_rows(
     assert seconds >= sum(r["round_seconds"] for r in rows)
     again = bench.common.run_in_process({"num-server-rounds": 1}, 4, "cell")[0]
     assert again != killed and again.name.startswith("cell-")
+
+
+def test_llm_rounds_report_gives_each_seeds_ratios_from_its_phases(tmp_path):
+    """Hand-made phases: evaluation / training, guided / fedavg in round seconds, per
+    training second and in peak memory, and guided's exact match against section 9's."""
+    import json
+
+    from bench.llm_rounds import rounds
+
+    def cell(train: float, aggregate: float, server_eval: float, peak: float,
+             match: float) -> dict:
+        one = {"seconds": {"train": train, "aggregate": aggregate, "evaluate": 0.0,
+                           "server_eval": server_eval},
+               "round_seconds": train + aggregate + server_eval,
+               "client_train_seconds_sum": train,
+               "peak_memory_mb": {"train": peak, "aggregate": peak / 2, "evaluate": 1.0,
+                                  "server_eval": 1.0},
+               "search_steps": 8 if aggregate else None,
+               "search_seconds": aggregate if aggregate else None}
+        return {"commit": "test", "exact_match": match, "seconds": 0.0, "rounds": [one] * 2}
+
+    cells = {"0/fedavg": cell(100.0, 0.0, 20.0, 1000.0, 0.80),
+             "0/guided": cell(200.0, 60.0, 40.0, 1100.0, 0.81),
+             "1/fedavg": cell(100.0, 0.0, 10.0, 1000.0, 0.60),
+             "1/guided": cell(100.0, 30.0, 10.0, 1200.0, 0.79)}
+    (tmp_path / "llm-rounds-cells.json").write_text(json.dumps(cells))
+    report = rounds(False, [0, 1], [], tmp_path).read_text()
+    # seed 0: guided's 300 s rounds over fedavg's 120 s, and per training second
+    # (300 / 200) / (120 / 100) = 1.25; seed 1: 140 / 110 and 1.4 / 1.1
+    assert "| 0 | 0.200 | 0.200 | 2.50 | 1.25 | 1.10 | 0.800 | 0.810 | - |" in report
+    assert "| 1 | 0.100 | 0.100 | 1.27 | 1.27 | 1.20 | 0.600 | 0.790 | - |" in report
+    assert "Evaluation / training, fedavg: 0.150 +- 0.071 (bound 0.25x: met" in report
+    assert "guided's exact match 0.800 +- 0.014 against section 9's 0.811" in report
+    assert report.rstrip().endswith("within one std")

@@ -25,7 +25,6 @@ from tests.faults import FAULTS, SLOW_SECONDS, grid_with_fault
 from tests.localgrid import LocalGrid
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("seconds",)
 
 
 def _serve(config: dict) -> subprocess.Popen:
@@ -36,7 +35,7 @@ def _serve(config: dict) -> subprocess.Popen:
 
 def _rows(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in rows]
+    return [reproducible(r) for r in rows]
 
 
 @pytest.mark.slow
