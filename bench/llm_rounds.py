@@ -48,12 +48,13 @@ def _cell(run: str, seed: int, quick: bool) -> dict:
     from bench.labelskew import commit
     from bench.llm import _keys
 
+    ran = commit()  # the code this process loaded, not HEAD when the cell ends
     rounds, steps = (2, 2) if quick else (5, 10)
     model = "tiny-llama" if quick else "smollm2"
     keys = _keys(model, seed, rounds, steps, **RUNS[run])
     _, rows, seconds = run_in_process(keys, 4 if quick else 10,
                                       f"llm-rounds{'-quick' if quick else ''}-{run}-seed{seed}")
-    return {"commit": commit(), "exact_match": rows[-1]["eval_accuracy"], "seconds": seconds,
+    return {"commit": ran, "exact_match": rows[-1]["eval_accuracy"], "seconds": seconds,
             "rounds": [{"seconds": {p: r[PHASE_SECONDS[p]] for p in PHASES},
                         "round_seconds": r["round_seconds"],
                         "client_train_seconds_sum": r["client_train_seconds_sum"],
