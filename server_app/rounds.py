@@ -124,8 +124,9 @@ class _Phases:
     the phase starts: its resident set (``pollen.device.peak_rss_mb``) and on CUDA
     torch's allocator peak too. In a simulation run in one process (the benches'
     ``run_in_process``) the clients' training and evaluation run inside the train and
-    evaluate phases, so their peaks are the clients'; deployed, they are the server's
-    own (waiting, then decoding replies)."""
+    evaluate phases, so their peaks are the clients' (and, since each client resets the
+    same process's peak before it trains, the train phase's is its last client's);
+    deployed, they are the server's own (waiting, then decoding replies)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
